@@ -1,0 +1,18 @@
+"""rlp_trl: RLP ("RLP: Reinforcement as a Pretraining Objective", arXiv 2510.01265) as a TRL add-on."""
+
+from .config import RLPConfig
+from .loss import clipped_thought_loss
+from .rewards import group_advantages, information_gain
+from .teacher import EMATeacher, ema_update_
+from .trainer import RLPTrainer
+
+__all__ = [
+    "RLPConfig",
+    "RLPTrainer",
+    "EMATeacher",
+    "clipped_thought_loss",
+    "ema_update_",
+    "group_advantages",
+    "information_gain",
+]
+__version__ = "0.1.0"

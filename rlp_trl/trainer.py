@@ -1,0 +1,402 @@
+"""`RLPTrainer`: RLP (arXiv 2510.01265) on top of TRL's `GRPOTrainer`.
+
+What GRPO already does and RLP keeps: sampling G completions per prompt through TRL's generation path (HF
+`generate`, vLLM, continuous batching), the behaviour snapshot (`old_per_token_logps`), batching, accumulation,
+logging and checkpointing. What this class changes:
+
+* data: documents are turned into positions (`rlp_trl.data`); a prompt is a token-id context plus `<think>`;
+* `_generate_and_score_completions`: a completion is the sampled thought, then `</think>` and the true next
+  token(s) under teacher forcing; the reward is the information gain (eq. 5) against the EMA teacher, the
+  advantage is eq. 7, and only thought tokens enter the loss (through the per-token `tool_mask`);
+* `_compute_loss`: the clipped surrogate of eq. 8 (`rlp_trl.loss.clipped_thought_loss`);
+* the EMA teacher: lazily built, updated after every optimizer step, saved and restored with checkpoints.
+"""
+
+import os
+import textwrap
+
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset, IterableDataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+from trl.trainer.utils import pad
+
+from .config import RLPConfig
+from .data import build_position_dataset
+from .loss import clipped_thought_loss
+from .rewards import group_advantages, information_gain
+from .teacher import EMATeacher
+
+
+def prepare_think_markers(tokenizer, model, open_marker: str, close_marker: str, add_tokens: bool):
+    """Return (open_ids, close_id), adding markers that are not single tokens as special tokens if allowed.
+
+    `model` may be a model name (then it is loaded here when embeddings must grow) or a model; returns the model too.
+    """
+    missing = [m for m in (open_marker, close_marker) if len(tokenizer.encode(m, add_special_tokens=False)) != 1]
+    if missing:
+        if not add_tokens:
+            raise ValueError(
+                f"Think markers {missing} are not single tokens of this tokenizer. Pass --add_think_tokens true to add "
+                f"them as special tokens, or choose markers from the vocabulary (--think_open/--think_close)."
+            )
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        if isinstance(model, str):
+            raise RuntimeError("internal: load the model before adding think tokens")
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    open_ids = tokenizer.encode(open_marker, add_special_tokens=False)
+    close_ids = tokenizer.encode(close_marker, add_special_tokens=False)
+    return open_ids, close_ids[0], model
+
+
+def _markers_missing(tokenizer, *markers: str) -> bool:
+    return any(len(tokenizer.encode(m, add_special_tokens=False)) != 1 for m in markers)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    tensors = [torch.tensor(s, dtype=torch.long) for s in seqs]
+    ids = pad(tensors, padding_value=pad_id, padding_side="left").to(device)
+    mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+    return ids, mask
+
+
+@torch.no_grad()
+def score_last_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int, batch_size: int) -> torch.Tensor:
+    """log p(input_ids[:, -k:] | everything before) for left-padded rows, at temperature 1; returns `[N, k]`.
+
+    Only the last k+1 positions go through the LM head (`logits_to_keep`), so no `[N, L, V]` logits are built.
+    """
+    out = []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=num_tokens + 1).logits
+        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        out.append(logps.gather(-1, ids[:, -num_tokens:].unsqueeze(-1)).squeeze(-1))
+    return torch.cat(out)
+
+
+def info_gain(*args, **kwargs):
+    """Placeholder reward source: GRPOTrainer requires one, but RLP's reward needs the policy and the teacher,
+    so `RLPTrainer._generate_and_score_completions` computes it in-batch and this function is never called."""
+    raise RuntimeError("the RLP information gain is computed inside RLPTrainer, not as a reward function")
+
+
+class _EMAUpdateCallback(TrainerCallback):
+    """phi <- tau * phi + (1 - tau) * theta after every optimizer step (Alg. 1, line 15)."""
+
+    def __init__(self, trainer: "RLPTrainer"):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        teacher = self.trainer.teacher
+        if teacher.initialized:
+            teacher.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
+
+
+class RLPTrainer(GRPOTrainer):
+    """Reinforcement Learning Pretraining (RLP) trainer: GRPO's machinery, RLP's reward, advantage and loss.
+
+    Args:
+        model: a model name/path or a `PreTrainedModel` (PEFT models as in `GRPOTrainer`).
+        args: an [`RLPConfig`].
+        train_dataset: plain documents (column `args.dataset_text_field`), or a dataset already produced by
+            [`rlp_trl.data.build_position_dataset`] (columns `prompt`, `context_ids`, `target_ids`).
+        eval_dataset, processing_class, callbacks, optimizers, peft_config: as in `GRPOTrainer`.
+    """
+
+    _tag_names = ["trl", "rlp"]
+    _name = "RLP"
+    _paper = {
+        "title": "RLP: Reinforcement as a Pretraining Objective",
+        "id": "2510.01265",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{hatamizadeh2025rlp,
+                title        = {{RLP: Reinforcement as a Pretraining Objective}},
+                author       = {Ali Hatamizadeh and Syeda Nahida Akter and Shrimai Prabhumoye and Jan Kautz and Mostofa Patwary and Mohammad Shoeybi and Bryan Catanzaro and Yejin Choi},
+                year         = 2025,
+                eprint       = {arXiv:2510.01265},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model,
+        args: RLPConfig | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+        quantization_config=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = RLPConfig(f"{str(name).rstrip('/').split('/')[-1]}-RLP")
+        if not isinstance(args, RLPConfig):
+            raise TypeError(f"RLPTrainer needs an RLPConfig, got {type(args).__name__}")
+        model_id = model if isinstance(model, str) else model.config._name_or_path
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model_id, padding_side="left", trust_remote_code=args.trust_remote_code)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        if isinstance(model, str) and _markers_missing(processing_class, args.think_open, args.think_close) and args.add_think_tokens:
+            # The embeddings must grow before GRPOTrainer wraps the model (PEFT, DeepSpeed), so load it here.
+            init_kwargs = dict(args.model_init_kwargs or {})
+            if quantization_config is not None:
+                init_kwargs["quantization_config"] = quantization_config
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+        self.think_open_ids, self.think_close_id, model = prepare_think_markers(
+            processing_class, model, args.think_open, args.think_close, args.add_think_tokens
+        )
+        if args.use_vllm:  # vLLM SamplingParams: stop on the close marker, at least min_thought_tokens (Alg. 1, l. 7)
+            args.generation_kwargs = {
+                **(args.generation_kwargs or {}), "stop_token_ids": [self.think_close_id], "min_tokens": args.min_thought_tokens
+            }
+
+        self.position_stats = None
+        if train_dataset is not None:
+            train_dataset = self._to_positions(train_dataset, processing_class, args)
+        if eval_dataset is not None:
+            eval_dataset = self._to_positions(eval_dataset, processing_class, args)
+
+        super().__init__(
+            model=model,
+            reward_funcs=[info_gain],
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+            quantization_config=quantization_config if isinstance(model, str) else None,
+        )
+        # Generation stops on the close marker as on EOS. TRL reads generation settings once at init
+        # (trl#2820, #3425), so the HF-generate config is rebuilt here with the extra stop id.
+        if self.think_close_id not in self.eos_token_ids:
+            self.eos_token_ids = [*self.eos_token_ids, self.think_close_id]
+        if not self.use_vllm:
+            self.generation_kwargs.update(eos_token_id=self.eos_token_ids, min_new_tokens=args.min_thought_tokens)
+            self.generation_config = GenerationConfig(**self.generation_kwargs, disable_compile=True)
+        teacher_dtype = torch.float32 if args.teacher_dtype == "float32" else None
+        self.teacher = EMATeacher(args.ema_decay, dtype=teacher_dtype)
+        self.add_callback(_EMAUpdateCallback(self))
+
+    # ------------------------------------------------------------------ data
+    def _to_positions(self, dataset, tokenizer, args):
+        if isinstance(dataset, dict):
+            return {k: self._to_positions(v, tokenizer, args) for k, v in dataset.items()}
+        if dataset.column_names is not None and {"prompt", "context_ids", "target_ids"} <= set(dataset.column_names):
+            return dataset
+        positions, stats = build_position_dataset(
+            dataset, tokenizer, open_ids=self.think_open_ids, text_field=args.dataset_text_field,
+            max_context_tokens=args.max_context_tokens, min_context_tokens=args.min_context_tokens,
+            reward_horizon=args.reward_horizon, positions_per_document=args.positions_per_document,
+            position_strategy=args.position_strategy, seed=args.seed,
+        )
+        self.position_stats = self.position_stats or stats
+        if stats.documents is not None:
+            print(f"[rlp_trl] {stats.summary()}")
+        return positions
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt", "context_ids", "target_ids", "doc_index", "position"]
+
+    def _tokenize_prompts(self, prompts: list):
+        # RLP prompts are already token ids (context + think-open marker): no decode/re-encode drift.
+        return [list(p) for p in prompts], None, {}
+
+    # ------------------------------------------------------------------ rollouts and reward
+    def _split_thought(self, sampled: list[int]) -> tuple[list[int], bool]:
+        """Thought = sampled tokens before the first stop token (close marker or EOS); flag if none was sampled."""
+        for i, tok in enumerate(sampled):
+            if tok in self._stop_ids:
+                return sampled[:i], False
+        return sampled, True
+
+    @property
+    def _stop_ids(self) -> set[int]:
+        return set(self.eos_token_ids)
+
+    def _generate_and_score_completions(self, inputs):
+        device = self.accelerator.device
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        pad_id = self._tokenizer.pad_token_id
+        horizon = self.args.reward_horizon
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if not self.teacher.initialized:  # Alg. 1, lines 8-9: phi <- theta at the first batch
+            self.teacher.init_from(unwrapped)
+
+        prompts = [list(x["prompt"]) for x in inputs]
+        targets = [list(x["target_ids"]) for x in inputs]
+        prompt_ids_list, sampled_list, _, _, sampling_logps_list, _, _, _ = self._generate(prompts)
+
+        # completion = thought + </think> + true next token(s); only the thought enters the loss
+        thoughts, truncated = zip(*(self._split_thought(list(s)) for s in sampled_list))
+        completions = [t + [self.think_close_id] + y for t, y in zip(thoughts, targets)]
+        thought_masks = [
+            [0 if (cut and self.args.truncated_thoughts == "mask") else 1] * len(t) + [0] * (1 + horizon)
+            for t, cut in zip(thoughts, truncated)
+        ]
+        to_tensor = lambda rows, value, side, dtype=torch.long: pad(  # noqa: E731
+            [torch.tensor(r, dtype=dtype) for r in rows], padding_value=value, padding_side=side
+        ).to(device)
+        prompt_ids, prompt_mask = to_tensor(prompt_ids_list, pad_id, "left"), to_tensor([[1] * len(p) for p in prompt_ids_list], 0, "left")
+        completion_ids = to_tensor(completions, pad_id, "right")
+        completion_mask = to_tensor([[1] * len(c) for c in completions], 0, "right")
+        thought_mask = to_tensor(thought_masks, 0, "right")
+
+        with torch.no_grad():
+            # S_pred (eq. 3): the policy, after its thought and </think>, scores the true token(s) at temperature 1
+            seq_ids, seq_mask = left_pad([p + c for p, c in zip(prompt_ids_list, completions)], pad_id, device)
+            reasoned = score_last_tokens(unwrapped, seq_ids, seq_mask, horizon, batch_size)
+            # S_ema (eq. 4): the teacher scores each unique context once, shared by its rollouts
+            contexts = [tuple(x["context_ids"]) + tuple(y) for x, y in zip(inputs, targets)]
+            unique = list(dict.fromkeys(contexts))
+            ctx_ids, ctx_mask = left_pad([list(c) for c in unique], pad_id, device)
+            unique_baseline = score_last_tokens(self.teacher.module, ctx_ids, ctx_mask, horizon, batch_size)
+            baseline = unique_baseline[torch.tensor([unique.index(c) for c in contexts], device=device)]
+
+            old_per_token_logps = None
+            generate_every = self.args.steps_per_generation * self.num_iterations
+            needs_old = self.args.gradient_accumulation_steps % generate_every != 0
+            is_correction = self.use_vllm and self.vllm_importance_sampling_correction
+            if needs_old or is_correction:  # the behaviour snapshot theta_old (Alg. 1, line 5)
+                old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
+                    completion_ids.size(1), batch_size=batch_size,
+                )
+
+        rewards = information_gain(reasoned, baseline, self.args.reward_discount)  # eq. 5
+        all_rewards = self.accelerator.gather(rewards)
+        all_advantages = group_advantages(all_rewards, num_generations)  # eq. 7
+        process_slice = slice(self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts))
+        advantages = all_advantages[process_slice]
+
+        loss_mask = completion_mask * thought_mask
+        output = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "tool_mask": thought_mask,
+            "advantages": advantages,
+            "num_items_in_batch": self.accelerator.gather(loss_mask.sum()).sum(),
+        }
+        if old_per_token_logps is not None:
+            output["old_per_token_logps"] = old_per_token_logps
+        if is_correction and sampling_logps_list is not None:
+            output["importance_sampling_ratio"] = self._vllm_is_ratio(
+                old_per_token_logps, sampling_logps_list, thoughts, loss_mask
+            )
+        self._log_rlp(mode, inputs, thoughts, truncated, reasoned, baseline, all_rewards, all_advantages)
+        return output
+
+    def _vllm_is_ratio(self, old_per_token_logps, sampling_logps_list, thoughts, mask):
+        """Importance weights pi_theta_old / pi_vLLM on thought tokens (TRL's truncate/mask modes, token or sequence)."""
+        rows = [[float("nan") if v is None else v for v in lp[: len(t)]] for lp, t in zip(sampling_logps_list, thoughts)]
+        width = old_per_token_logps.size(1)
+        sampling = torch.tensor([r + [0.0] * (width - len(r)) for r in rows], device=old_per_token_logps.device)
+        diff = torch.nan_to_num((old_per_token_logps - sampling) * mask, nan=0.0)
+        if self.vllm_importance_sampling_mode.startswith("sequence"):
+            diff = diff.sum(-1, keepdim=True)
+        ratio = torch.exp(diff)
+        low = self.vllm_importance_sampling_clip_min if self.vllm_importance_sampling_clip_min is not None else 0.0
+        high = self.vllm_importance_sampling_clip_max if self.vllm_importance_sampling_clip_max is not None else float("inf")
+        if self.vllm_importance_sampling_mode.endswith("truncate"):
+            return ratio.clamp(min=low, max=high)
+        return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+
+    def _log_rlp(self, mode, inputs, thoughts, truncated, reasoned, baseline, all_rewards, all_advantages):
+        gather = self.accelerator.gather
+        metrics = self._metrics[mode]
+        device = reasoned.device
+        lengths = gather(torch.tensor([len(t) for t in thoughts], device=device, dtype=torch.float32))
+        cut = gather(torch.tensor(truncated, device=device, dtype=torch.float32))
+        reasoned_all, baseline_all = gather(reasoned.sum(-1)), gather(baseline.sum(-1))
+        metrics["rlp/info_gain_mean"].append(all_rewards.mean().item())
+        metrics["rlp/info_gain_std"].append(all_rewards.std().item() if all_rewards.numel() > 1 else 0.0)
+        metrics["rlp/positive_gain_frac"].append((all_rewards > 0).float().mean().item())
+        metrics["rlp/reasoned_logp_mean"].append(reasoned_all.mean().item())
+        metrics["rlp/baseline_logp_mean"].append(baseline_all.mean().item())
+        metrics["rlp/thought_length_mean"].append(lengths.mean().item())
+        metrics["rlp/thought_length_max"].append(lengths.max().item())
+        metrics["rlp/thought_truncated_frac"].append(cut.mean().item())
+        metrics["rlp/advantage_abs_mean"].append(all_advantages.abs().mean().item())
+        metrics["rlp/teacher_updates"].append(float(self.teacher.num_updates))
+        # what log_completions shows: the context tail, the thought, the true next token(s), the reward
+        decode = self._tokenizer.decode
+        self._logs["prompt"].extend(gather_object(["…" + decode(x["context_ids"][-48:]) for x in inputs]))
+        self._logs["completion"].extend(gather_object([decode(t) for t in thoughts]))
+        self._logs["extra"]["target"].extend(gather_object([decode(x["target_ids"]) for x in inputs]))
+        self._logs["rewards"]["info_gain"].extend(all_rewards.tolist())
+        self._logs["advantages"].extend(all_advantages.tolist())
+
+    # ------------------------------------------------------------------ loss
+    def _uses_paper_loss(self) -> bool:
+        a = self.args
+        return (
+            self.loss_type == "grpo" and self.beta == 0.0 and self.importance_sampling_level == "token"
+            and self.top_entropy_quantile >= 1.0 and not self._entropy_bonus_enabled and a.delta is None
+            and self.off_policy_mask_threshold is None and not self.aux_loss_enabled
+        )
+
+    def _compute_loss(self, model, inputs):
+        """Eq. 8 on thought tokens; TRL's own loss for non-paper settings (other loss types, KL, entropy terms)."""
+        if not self._uses_paper_loss():
+            return super()._compute_loss(model, inputs)
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        per_token_logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([inputs["prompt_ids"], completion_ids], 1),
+            torch.cat([inputs["prompt_mask"], completion_mask], 1),
+            completion_ids.size(1),
+            compute_entropy=True,
+        )
+        mask = completion_mask * inputs["tool_mask"]
+        old = inputs.get("old_per_token_logps")
+        old = per_token_logps.detach() if old is None else old
+        loss = clipped_thought_loss(
+            per_token_logps, old, inputs["advantages"], mask, self.epsilon_low, self.epsilon_high,
+            per_token_weights=inputs.get("importance_sampling_ratio"),
+        )
+        mode = "train" if self.model.training else "eval"
+
+        def global_mean(x):
+            totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
+            return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+        ratio = torch.exp(per_token_logps.detach() - old)
+        adv = inputs["advantages"].unsqueeze(1)
+        low, high = (ratio < 1 - self.epsilon_low) & (adv < 0), (ratio > 1 + self.epsilon_high) & (adv > 0)
+        metrics = self._metrics[mode]
+        metrics["entropy"].append(global_mean(entropies))
+        metrics["clip_ratio/low_mean"].append(global_mean(low.float()))
+        metrics["clip_ratio/high_mean"].append(global_mean(high.float()))
+        metrics["clip_ratio/region_mean"].append(global_mean((low | high).float()))
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        return loss / normalizer
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model, trial):
+        # The teacher goes into the checkpoint folder before the Trainer writes trainer_state.json (written last).
+        output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and self.teacher.initialized:
+            os.makedirs(output_dir, exist_ok=True)
+            self.teacher.save(output_dir)
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self.teacher.load(checkpoint, self.accelerator.unwrap_model(self.model))
