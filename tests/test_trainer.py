@@ -429,7 +429,9 @@ def test_rewards_without_prefix_sharing(tiny_model_dir, tmp_path, tiny_docs):
 def test_old_logps_are_the_behaviour_policy(tiny_model_dir, tmp_path, tiny_docs):
     """steps_per_generation=2: one generation batch serves two optimizer steps, so theta_old is stored; it must be
     the policy's log-probs of the thought tokens at generation time."""
-    trainer = make_trainer(tiny_model_dir, tmp_path, tiny_docs, max_steps=2, steps_per_generation=2)
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, tiny_docs, max_steps=2, steps_per_generation=2, per_device_train_batch_size=4
+    )
     records = capture(trainer)
     trainer.train()
     assert trainer.state.global_step == 2 and len(records) == 1  # generated once for both steps
