@@ -569,22 +569,12 @@ def test_config_paper_defaults(tmp_path):
     assert args.min_thought_tokens == 1 and args.position_strategy == "random"
 
 
-DEFAULT_BATCH_BUG = (
-    "BUG rlp_trl/config.py RLPConfig: num_generations defaults to 16 but per_device_train_batch_size keeps "
-    "TrainingArguments' 8, so on one process RLPConfig(output_dir) raises ('... = 8 is not a multiple of 16'), and "
-    "RLPTrainer(model) (args=None -> RLPConfig(f'{name}-RLP'), trainer.py) fails out of the box. Fix: default "
-    "per_device_train_batch_size=16 in RLPConfig (one context x G rollouts per device)."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=DEFAULT_BATCH_BUG)
 def test_config_defaults_are_valid_on_one_process(tmp_path):
     args = RLPConfig(str(tmp_path), use_cpu=True, report_to=[])
     assert args.generation_batch_size % args.num_generations == 0
 
 
-@pytest.mark.xfail(strict=True, reason=DEFAULT_BATCH_BUG)
-def test_trainer_without_args_builds_a_default_config(tiny_model_dir, tmp_path, monkeypatch):
+def test_trainer_without_args_builds_a_default_config(tiny_model_dir, tiny_docs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    trainer = RLPTrainer(tiny_model_dir)
+    trainer = RLPTrainer(tiny_model_dir, train_dataset=tiny_docs)
     assert isinstance(trainer.args, RLPConfig) and trainer.args.output_dir.endswith("-RLP")
