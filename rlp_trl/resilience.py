@@ -434,9 +434,11 @@ class NonFiniteGuard(TrainerCallback):
         if not params:
             return
         device = params[0].grad.device
-        bad = sum(int((~torch.isfinite(p.grad)).any().item()) for p in params)
+        # one flag per tensor, summed on one device: a single host sync per optimizer step
+        bad = torch.stack([(~torch.isfinite(p.grad)).any().to(device) for p in params]).sum().float()
         if trainer.accelerator.num_processes > 1:  # sharded gradients (FSDP) differ per process
-            bad = int(trainer.accelerator.reduce(torch.tensor(float(bad), device=device), reduction="sum").item())
+            bad = trainer.accelerator.reduce(bad, reduction="sum")
+        bad = int(bad.item())
         trainer._metrics["train"]["rlp/skipped_steps"].append(float(self.totals["steps"] + (bad > 0)))
         if bad == 0:
             self._consecutive = 0
