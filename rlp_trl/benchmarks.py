@@ -4,10 +4,10 @@ Offline (default): seeded problems from `reasoning-gym` (`basic_arithmetic`, `ch
 by each generator's own `score_answer`) and the 270 competition problems of `champ-dataset` (scored by `champ_score`),
 each answered in two modes:
 
-* `direct`: `Question: <q>\\nAnswer:` then a greedy answer;
-* `think`:  the same prompt + `<think>`, a thought sampled as in RLP training (temperature 0.7, stop at `</think>`,
-  closed by `</think>` if it runs to the limit), then a greedy answer. This is exactly RLP's format (context,
-  thought, the true continuation), with the answer in the place of the next tokens.
+* `direct`: `Question: <q>\\n` `Answer:` then a greedy answer;
+* `think`:  `Question: <q>\\n` `<think>`, a thought sampled as in RLP training (temperature 0.7, stop at `</think>`,
+  closed by `</think>` if it runs to the limit), `</think>` `Answer:`, then a greedy answer. RLP's format (context,
+  thought, continuation), with the same answer cue as `direct`: the thought is the only difference.
 
 The answer is the first non-empty generated line, reduced by `extract_answer`. Accuracy is the fraction of problems
 with full score, with a 95% Wilson interval. Problems are drawn with `--seed`, so two checkpoints see the same ones.
@@ -130,8 +130,7 @@ def champ_score(prediction: str, gold: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- answering
-def answer_prompt(question: str) -> str:
-    return f"Question: {question.strip()}\nAnswer:"
+QUESTION_TEMPLATE, ANSWER_CUE = "Question: {question}\n", "Answer:"
 
 
 @torch.no_grad()
@@ -143,7 +142,9 @@ def generate_answers(model, tokenizer, questions: list[str], *, mode: str, open_
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     pad_id = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
-    prompts = [tokenizer(answer_prompt(q), add_special_tokens=True)["input_ids"] for q in questions]
+    # the same token pieces in both modes, so the thought is the only difference
+    prompts = [tokenizer(QUESTION_TEMPLATE.format(question=q.strip()))["input_ids"] for q in questions]
+    cue = tokenizer(ANSWER_CUE, add_special_tokens=False)["input_ids"]
     thoughts = [""] * len(prompts)
     if mode == "think":
         torch.manual_seed(seed)
@@ -156,6 +157,7 @@ def generate_answers(model, tokenizer, questions: list[str], *, mode: str, open_
         cut = [split_thought(s[0], stop)[0] for s in sampled]
         thoughts = [tokenizer.decode(c) for c in cut]
         prompts = [p + c + [close_id] for p, c in zip(prompts, cut)]
+    prompts = [p + cue for p in prompts]
     device = next(model.parameters()).device
     # the answer ends at EOS or at a think marker (a model that has not learned the format may emit them anywhere)
     stops = sorted({close_id, *open_ids} | ({eos} if eos is not None else set()))

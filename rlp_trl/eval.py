@@ -32,7 +32,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from .data import build_position_dataset
-from .surprise import document_token_logps
+from .surprise import document_token_logps, make_position_scorer
 from .trainer import left_pad, prepare_think_markers, score_last_tokens
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -239,9 +239,12 @@ class EvalArguments:
                                         "Default: the held-out split of the embedded corpus."}
     )
     dataset_text_field: str = field(default="text", metadata={"help": "Column with the documents."})
-    num_documents: int = field(default=32, metadata={"help": "Documents used (the first N of the held-out data)."})
+    num_documents: int = field(default=32, metadata={"help": "Documents with sampled positions (the first N held out)."})
+    doc_nll_documents: int = field(
+        default=64, metadata={"help": "Documents (the first N held out) for the whole-document NLL (no thoughts: cheap)."}
+    )
     positions_per_document: int = field(default=1, metadata={"help": "Positions sampled per document."})
-    position_strategy: str = field(default="random", metadata={"help": "'random' or 'stride' (as in training)."})
+    position_strategy: str = field(default="random", metadata={"help": "'random', 'stride' or 'surprising' (per model: unpaired)."})
     max_context_tokens: int = field(default=128, metadata={"help": "Left-truncate contexts to this many tokens."})
     min_context_tokens: int = field(default=16, metadata={"help": "Minimum context before a position."})
     num_thoughts: int = field(default=4, metadata={"help": "K thoughts sampled per position."})
@@ -264,16 +267,18 @@ def load_heldout_documents(args: EvalArguments):
         text_field = "text"
     else:
         docs, text_field = load_documents(args.dataset_name), args.dataset_text_field
-    return docs.select(range(min(args.num_documents, len(docs)))), text_field
+    return docs.select(range(min(max(args.num_documents, args.doc_nll_documents), len(docs)))), text_field
 
 
 def evaluate_checkpoint(path: str, docs, text_field: str, args: EvalArguments) -> dict:
     """Load one checkpoint, build positions with its tokenizer, and evaluate them."""
     model, tokenizer, open_ids, close_id = load_with_markers(path, args.think_open, args.think_close, args.seed)
     positions, stats = build_position_dataset(
-        docs, tokenizer, open_ids=open_ids, text_field=text_field, max_context_tokens=args.max_context_tokens,
+        docs.select(range(min(args.num_documents, len(docs)))), tokenizer, open_ids=open_ids, text_field=text_field, max_context_tokens=args.max_context_tokens,
         min_context_tokens=args.min_context_tokens, positions_per_document=args.positions_per_document,
         position_strategy=args.position_strategy, seed=args.seed,
+        position_scorer=make_position_scorer(model, args.max_context_tokens, tokenizer.pad_token_id, args.batch_size)
+        if args.position_strategy == "surprising" else None,
     )
     result = evaluate_positions(
         model, tokenizer, positions, open_ids=open_ids, close_id=close_id, num_thoughts=args.num_thoughts,
@@ -283,7 +288,8 @@ def evaluate_checkpoint(path: str, docs, text_field: str, args: EvalArguments) -
     result["positions_key"] = [(list(c), list(t)) for c, t in zip(positions["context_ids"], positions["target_ids"])]
     result["summary"] = summarize_positions(result["per_position"])
     # every token of the same documents, no thought: the ordinary held-out log-likelihood (cheap, and more precise)
-    doc_ids = [tokenizer(t)["input_ids"] for t in docs[text_field] if isinstance(t, str) and t.strip()]
+    texts = docs.select(range(min(args.doc_nll_documents, len(docs))))[text_field]
+    doc_ids = [tokenizer(t)["input_ids"] for t in texts if isinstance(t, str) and t.strip()]
     logps = document_token_logps(model, doc_ids, args.max_context_tokens, args.batch_size, tokenizer.pad_token_id)
     token_nll = [[-v for v in lp[1:]] for lp in logps if len(lp) > 1]
     result["per_document"] = {"doc_nll": torch.tensor([sum(x) / len(x) for x in token_nll], dtype=torch.float64)}

@@ -13,7 +13,8 @@ decode positions (the first, log p(`</think>` | thought), is free: it is the dis
 A row whose thought hits `max_new_tokens` is closed the same way. Rows that are done leave the cache.
 
 `PrefixSharedGenerationMixin` plugs the sampler into any `GRPOTrainer` subclass (`RLPTrainer` uses it); vLLM,
-continuous batching, multimodal prompts and un-gathered ZeRO-3 keep TRL's own path.
+continuous batching, multimodal prompts and un-gathered ZeRO-3 keep TRL's own path. The mixin also runs the policy's
+log-prob passes (the loss of eq. 8, theta_old) with one forward per distinct prompt (`rlp_trl.shared_prefix`).
 """
 
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import torch
 from trl.extras.profiling import profiling_context
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import pad
+
+from .shared_prefix import shared_prefix_logps
 
 
 @dataclass
@@ -157,10 +160,11 @@ def prefix_shared_sample(model, prompts, generation_config, suffixes=None) -> Sh
 
 
 class PrefixSharedGenerationMixin:
-    """Mixin for `GRPOTrainer` subclasses: the non-vLLM `_generate_single_turn` uses `prefix_shared_sample`.
+    """Mixin for `GRPOTrainer` subclasses: the non-vLLM `_generate_single_turn` uses `prefix_shared_sample`, and the
+    policy's `_get_per_token_logps_and_entropies` runs each distinct prompt once (`shared_prefix_logps`).
 
     Set `self._forced_suffixes` (one token list per prompt row) before `_generate` to have them scored in the cache;
-    the result of the last call is in `self._last_sample`. `args.prefix_sharing = False` restores TRL's path.
+    the result of the last call is in `self._last_sample`. `args.prefix_sharing = False` restores TRL's paths.
     """
 
     _forced_suffixes = None
@@ -199,3 +203,34 @@ class PrefixSharedGenerationMixin:
         ):
             self._last_sample = prefix_shared_sample(unwrapped_model, prompt_ids, self.generation_config, suffixes)
         return self._last_sample.completion_ids, None
+
+    def _shares_training_prefix(self, model, compute_aux_loss, extra) -> bool:
+        unwrapped = self.accelerator.unwrap_model(model)
+        return (
+            getattr(self.args, "prefix_sharing", True) and model is self.model and not compute_aux_loss
+            and all(v is None for v in extra.values())  # no images / token types
+            and not self.is_deepspeed_enabled and not self.is_fsdp_enabled  # their wrappers gather per forward
+            and not getattr(unwrapped, "is_gradient_checkpointing", False)  # recomputation would re-extend the cache
+        )
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+        compute_aux_loss=False, **extra,
+    ):
+        if not self._shares_training_prefix(model, compute_aux_loss, extra):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra
+            )
+        unwrapped = self.accelerator.unwrap_model(model)
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+            out = shared_prefix_logps(
+                model, unwrapped, ids, mask, logits_to_keep, compute_entropy, self.accelerator.autocast
+            )
+            if out is None:  # nothing shared in this chunk
+                out = super()._get_per_token_logps_and_entropies(model, ids, mask, logits_to_keep, None, compute_entropy)
+            logps.append(out[0])
+            entropies.append(out[1])
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None

@@ -131,31 +131,50 @@ def _replica(model: nn.Module, dtype: torch.dtype | None, device: torch.device |
 
 
 class _Scorer:
-    """What `scoring()` yields: calls the teacher, moving tensor inputs to its device. Under ZeRO-3 it counts the
-    forward passes, and `finish()` runs dummy ones so that every rank makes the same number of calls: each forward
-    all-gathers parameters, a collective, and ranks may hold different numbers of distinct contexts."""
+    """What `scoring()` yields: calls the teacher, moving tensor inputs to its device.
 
-    def __init__(self, module: nn.Module, device: torch.device, uniform: bool):
-        self.module, self.device, self.uniform, self.calls = module, device, uniform, 0
+    Under ZeRO-3 every forward all-gathers parameters, a collective, while ranks may hold different numbers of
+    distinct contexts. So each real forward is preceded by a one-element all-reduce "I still have one", and on exit
+    (`finish`) a rank that is done keeps answering "none left" and running a dummy forward alongside the others' real
+    ones until every rank is done: the collectives always pair up, whatever the counts.
+    """
+
+    def __init__(self, module: nn.Module, zero3: bool = False):
+        self.module = module
+        if zero3:  # parameters are placeholders (possibly offloaded): compute happens on the accelerator
+            from deepspeed.accelerator import get_accelerator
+
+            self.device = torch.device(get_accelerator().current_device_name())
+        else:
+            self.device = _param_device(module)
+        dist = torch.distributed
+        self.uniform = zero3 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _others_busy(self, mine: int) -> bool:
+        flag = torch.tensor([mine], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def __call__(self, *args, **kwargs):
-        self.calls += 1
+        if self.uniform:
+            self._others_busy(1)
         move = lambda x: x.to(self.device) if torch.is_tensor(x) else x  # noqa: E731
         return self.module(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
 
     def parameters(self, *args, **kwargs):
-        return self.module.parameters(*args, **kwargs)
+        """The module's parameters, led by an empty tensor on the compute device: callers place inputs with
+        `next(model.parameters()).device`, and ZeRO-3 placeholders (offloaded or not) need not sit there."""
+        yield torch.empty(0, device=self.device)
+        yield from self.module.parameters(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.module, name)
 
     def finish(self):
-        if not self.uniform or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not self.uniform:
             return
-        calls = torch.tensor([self.calls], device=self.device)
-        torch.distributed.all_reduce(calls, op=torch.distributed.ReduceOp.MAX)
         dummy = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        for _ in range(int(calls.item()) - self.calls):
+        while self._others_busy(0):
             self.module(input_ids=dummy, attention_mask=torch.ones_like(dummy), logits_to_keep=1)
 
 
@@ -222,7 +241,7 @@ class EMATeacher:
     @contextlib.contextmanager
     def scoring(self, model: nn.Module | None = None):
         """Yield a callable that runs the teacher (`model` is the unwrapped policy; unused by full teachers)."""
-        scorer = _Scorer(self.module, _param_device(self.module), uniform=False)
+        scorer = _Scorer(self.module)
         yield scorer
         scorer.finish()
 
@@ -276,18 +295,20 @@ class EMATeacher:
         return state
 
     def _copy_from_file(self, path: str, only_rank0: bool) -> None:
+        """Copy the file's tensors into the teacher (under ZeRO-3: rank 0 reads, the gathered shards are broadcast).
+        Every rank checks the names first, so a bad file fails everywhere instead of hanging the others."""
         groups = _alias_groups(self.module)
-        reader = safe_open(path, framework="pt") if (not only_rank0 or _rank() == 0) else None
-        keys = set(reader.keys()) if reader is not None else set()
-        if reader is not None:
+        with safe_open(path, framework="pt") as reader:
+            keys = set(reader.keys())
             missing = [names[0] for _, names in groups if not keys.intersection(names)]
             if missing:
                 raise ValueError(f"{path} has no weights for {missing[:5]}: it was written for another architecture")
-        for chunk in _chunks(groups, lambda g: g[0].ds_numel if _is_zero3(g[0]) else g[0].numel()):
-            with torch.no_grad(), _gathered([p for p, _ in chunk], modifier_rank=0 if only_rank0 else None):
-                if reader is not None:
-                    for p, names in chunk:
-                        p.data.copy_(reader.get_tensor(next(n for n in names if n in keys)))
+            reads = not only_rank0 or _rank() == 0
+            for chunk in _chunks(groups, lambda g: g[0].ds_numel if _is_zero3(g[0]) else g[0].numel()):
+                with torch.no_grad(), _gathered([p for p, _ in chunk], modifier_rank=0 if only_rank0 else None):
+                    if reads:
+                        for p, names in chunk:
+                            p.data.copy_(reader.get_tensor(next(n for n in names if n in keys)))
 
     def load(self, directory: str, model: nn.Module) -> bool:
         """Restore a teacher saved by `save`; returns False when the checkpoint has none (teacher not yet built)."""
@@ -401,7 +422,7 @@ class ZeRO3EMATeacher(EMATeacher):
 
     @contextlib.contextmanager
     def scoring(self, model: nn.Module | None = None):
-        scorer = _Scorer(self.module, _param_device(self.module), uniform=True)
+        scorer = _Scorer(self.module, zero3=True)
         yield scorer
         scorer.finish()
 
@@ -534,7 +555,7 @@ class AdapterEMATeacher:
         flags = [(p, p.requires_grad) for p in model.parameters()]
         previous = model.active_adapter
         model.set_adapter(self.adapter_name, inference_mode=True)
-        scorer = _Scorer(model, _param_device(model), uniform=any(_is_zero3(p) for p, _ in flags[:1]))
+        scorer = _Scorer(model, zero3=any(_is_zero3(p) for p, _ in flags[:1]))
         try:
             yield scorer
             scorer.finish()

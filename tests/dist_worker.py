@@ -9,6 +9,7 @@ Every rank writes `rank<r>.json` into $RLP_REPORT_DIR: per run, the backend, the
 per-rollout logs, and how far the teacher's scoring output is from a plain model built from the teacher's weights.
 """
 
+import faulthandler
 import hashlib
 import json
 import os
@@ -134,6 +135,8 @@ RLPTrainer.end = _patched_end
 
 
 def main():
+    # a hung collective must not hang the test session: dump every thread's stack and exit
+    faulthandler.dump_traceback_later(float(os.environ.get("RLP_WORKER_TIMEOUT", 400)), exit=True)
     runs, current = [], []
     for arg in sys.argv[1:]:
         if arg == "--run":

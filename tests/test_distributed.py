@@ -16,6 +16,8 @@ setup` does it ahead of time).
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -59,19 +61,35 @@ def run_flags(model_dir, corpus, out, *extra):
     ]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch(config: str, runs: list[list[str]], report_dir, model_dir, timeout=420) -> list[dict]:
     os.makedirs(report_dir, exist_ok=True)
     cmd = [
         os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
         os.path.join(CONFIGS, config), "--num_processes", "2", "--mixed_precision", "no",
+        "--main_process_port", str(free_port()),  # concurrent launches (parallel CI jobs) must not share 29500
         os.path.join(ROOT, "tests", "dist_worker.py"),
     ]
     for i, flags in enumerate(runs):
         cmd += (["--run"] if i else []) + flags
     env = {**os.environ, "RLP_REPORT_DIR": str(report_dir), "RLP_TINY_MODEL": model_dir, "OMP_NUM_THREADS": "1",
+           "RLP_WORKER_TIMEOUT": str(timeout - 20),  # workers dump their stacks and exit before the launch times out
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    # own process group: on a timeout the launcher *and* its workers are killed, not left running
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"launch timed out after {timeout} s:\n{stdout[-3000:]}\n{stderr[-6000:]}")
+    assert proc.returncode == 0, f"launch failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
     return [json.load(open(os.path.join(report_dir, f"rank{r}.json")))["runs"] for r in range(2)]
 
 

@@ -104,7 +104,7 @@ def test_rlp_eval_cli_writes_json_and_plot(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
     report = main([
         "--model_name_or_path", tiny_model_dir, "--compare_to", tiny_model_dir, "--dataset_name", str(path),
-        "--num_documents", "6", "--num_thoughts", "2", "--max_thought_tokens", "4", "--min_context_tokens", "4",
+        "--num_documents", "6", "--doc_nll_documents", "4", "--num_thoughts", "2", "--max_thought_tokens", "4", "--min_context_tokens", "4",
         "--output_dir", str(out),
     ])
     assert (out / "eval.png").stat().st_size > 1000
@@ -112,6 +112,7 @@ def test_rlp_eval_cli_writes_json_and_plot(tiny_model_dir, tmp_path):
     assert len(saved["models"]) == 2 and len(saved["comparisons"]) == 1
     summary = saved["models"][next(iter(saved["models"]))]["summary"]
     assert summary["nll_nothink"]["n"] == 6 and summary["nll_nothink"]["mean"] > 0
+    assert summary["doc_nll"]["n"] == 4 and summary["doc_token_ppl"]["mean"] > 1
     # same checkpoint twice, same seed: identical positions, thoughts and scores, so every paired difference is 0
     diff = next(iter(saved["comparisons"].values()))
     assert diff["info_gain"]["mean"] == pytest.approx(0.0, abs=1e-9)

@@ -5,7 +5,8 @@
 * the in-cache suffix scores equal a separate forward over prompt + thought + suffix;
 * `score_sequence_ends` (one teacher pass per distinct context, prefixes folded in) equals one forward per row;
 * RLPTrainer's rewards with `prefix_sharing=True` equal a per-rollout recomputation, and equal the rewards of
-  `prefix_sharing=False` (TRL's `generate` + a separate S_pred pass) under the same seed.
+  `prefix_sharing=False` (TRL's `generate` + a separate S_pred pass) under the same seed;
+* the loss pass with one forward per distinct prompt gives TRL's log-probs, entropies and gradients.
 """
 
 import pytest
@@ -18,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from rlp_trl import RLPTrainer
 from rlp_trl.generation import prefix_shared_sample
 from rlp_trl.scoring import plan_prefix_passes, score_sequence_ends
+from rlp_trl.shared_prefix import shared_prefix_logps
 from rlp_trl.trainer import left_pad, score_last_tokens
 
 G = 4
@@ -157,3 +159,29 @@ def test_prefix_sharing_falls_back_for_vllm_flag(tiny_model_dir, tmp_path):
     assert not trainer._uses_prefix_sharing()
     trainer.use_vllm, trainer.args.prefix_sharing = False, False
     assert not trainer._uses_prefix_sharing()
+
+
+def test_shared_prefix_loss_pass_equals_full_pass(tiny_model_dir, tiny_docs, tmp_path):
+    """The loss pass with one forward per distinct prompt gives TRL's log-probs, entropies and gradients."""
+    trainer, inputs, output, _ = _rollout(tiny_model_dir, tiny_docs, tmp_path, prefix_sharing=True)
+    model = trainer.model
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
+    mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
+    width = output["completion_ids"].size(1)
+    unwrapped = trainer.accelerator.unwrap_model(model)
+    assert shared_prefix_logps(model, unwrapped, ids, mask, width, False, trainer.accelerator.autocast) is not None
+    results = []
+    for share in (True, False):
+        trainer.args.prefix_sharing = share
+        model.zero_grad()
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, width, compute_entropy=True)
+        (logps * output["completion_mask"]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logps.detach(), entropies.detach(), grads))
+    (fast_logps, fast_ent, fast_grads), (logps, ent, grads) = results
+    mask = output["completion_mask"].bool()
+    torch.testing.assert_close(fast_logps[mask], logps[mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_ent[mask], ent[mask], rtol=0, atol=1e-5)
+    assert fast_grads.keys() == grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(fast_grads[name], grads[name], rtol=1e-4, atol=1e-6)

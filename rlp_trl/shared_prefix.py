@@ -1,0 +1,48 @@
+"""Per-token log-probs of completions with one forward of each distinct prompt (the loss pass, eq. 8).
+
+TRL's `_get_per_token_logps_and_entropies` runs every row's prompt + completion through the model. The G rows of a
+context share their prompt, so here each distinct prompt (minus its last token) runs once with a KV cache, the cache
+is indexed out to the rows, and the rows run only their last prompt token + completion on top of it. Autograd sums
+the G rows' gradients into the one prompt pass, so log-probs, entropies and gradients are those of the full pass (same
+positions, masks and fused LM head) up to float rounding; the prompt costs 1/G of the compute and activations.
+"""
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast):
+    """Log-probs (and entropies) of the last `logits_to_keep` tokens of each row, or None when nothing is shared.
+
+    Args:
+        model: the (possibly DDP-wrapped) policy with TRL's fused LM head; runs the completion part.
+        unwrapped: the same model unwrapped; runs the prompt part (outside the wrapper: one wrapped forward per step).
+        input_ids, attention_mask: `[N, P + C]` left-padded prompts followed by right-padded completions.
+        logits_to_keep: C.
+        autocast: the accelerator's autocast context manager.
+    """
+    prompt_len = input_ids.size(1) - logits_to_keep
+    if prompt_len < 2:
+        return None
+    head = torch.cat([input_ids[:, : prompt_len - 1], attention_mask[:, : prompt_len - 1]], 1)
+    unique, rows = torch.unique(head, dim=0, return_inverse=True)
+    if unique.size(0) == input_ids.size(0):  # no prompt appears twice
+        return None
+    with autocast():
+        prefix = unwrapped(
+            input_ids=unique[:, : prompt_len - 1], attention_mask=unique[:, prompt_len - 1 :], use_cache=True,
+            logits_to_keep=1,
+        )
+    cache = prefix.past_key_values
+    if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None  # sliding-window or recurrent layers: keep the plain pass
+    cache.batch_select_indices(rows)
+    tail = input_ids[:, prompt_len - 1 :]  # the last prompt token predicts the first completion token
+    labels = tail.masked_fill(attention_mask[:, prompt_len - 1 :] == 0, -100)
+    labels[:, 0] = -100
+    with autocast():
+        out = model(
+            input_ids=tail, attention_mask=attention_mask, past_key_values=cache, labels=labels, fused_lm_head=True
+        )
+    entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
+    return out.log_probs[:, -logits_to_keep:], entropy
