@@ -159,51 +159,51 @@ def check_resume(ranks, first_index, resumed_index, first_out):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "config, zero_stage, teacher_class, first_extra, resumed_extra",
-    [
-        ("multi_gpu.yaml", None, "EMATeacher", [], []),
-        ("deepspeed_zero2.yaml", 2, "EMATeacher", [], []),
-        # teacher shards offloaded to CPU on a non-offloaded policy, restored into a non-offloaded teacher
-        ("deepspeed_zero3.yaml", 3, "ZeRO3EMATeacher", ["--gradient_checkpointing", "true", "--teacher_device", "cpu"],
-         ["--gradient_checkpointing", "true"]),
-        ("deepspeed_zero3_offload.yaml", 3, "ZeRO3EMATeacher", [], []),
-    ],
-    ids=["ddp", "zero2", "zero3", "zero3_offload"],
+    "config, zero_stage", [("multi_gpu.yaml", None), ("deepspeed_zero2.yaml", 2), ("deepspeed_zero3_offload.yaml", 3)],
+    ids=["ddp", "zero2", "zero3_offload"],
 )
-def test_accelerate_config_trains_saves_and_resumes(
-    config, zero_stage, teacher_class, first_extra, resumed_extra, tiny_model_dir, corpus, tmp_path
-):
+def test_accelerate_config_trains_saves_and_resumes(config, zero_stage, tiny_model_dir, corpus, tmp_path):
     first_out, resumed_out = tmp_path / "first", tmp_path / "resumed"
     ranks = launch(config, [
-        run_flags(tiny_model_dir, corpus, first_out, *first_extra),
-        run_flags(tiny_model_dir, corpus, resumed_out, "--resume_from_checkpoint", str(first_out / "checkpoint-1"),
-                  *resumed_extra),
+        run_flags(tiny_model_dir, corpus, first_out),
+        run_flags(tiny_model_dir, corpus, resumed_out, "--resume_from_checkpoint", str(first_out / "checkpoint-1")),
     ], tmp_path / "reports", tiny_model_dir)
-    first = check_run(ranks, 0, zero_stage=zero_stage, teacher_class=teacher_class)
+    teacher_class = "ZeRO3EMATeacher" if zero_stage == 3 else "EMATeacher"
+    check_run(ranks, 0, zero_stage=zero_stage, teacher_class=teacher_class)
     check_run(ranks, 1, zero_stage=zero_stage, teacher_class=teacher_class, steps=(2,))
-    if config == "deepspeed_zero3.yaml":
-        assert first["gradient_checkpointing"] and first["teacher_offload"] is True
-        assert ranks[0][1]["teacher_offload"] is False
     check_resume(ranks, 0, 1, first_out)
     check_ema_files(first_out, resumed_out, tiny_model_dir)
 
 
 @pytest.mark.slow
-def test_zero3_peft_adapter_teacher_with_gradient_checkpointing(tiny_model_dir, corpus, tmp_path):
-    first_out, resumed_out = tmp_path / "first", tmp_path / "resumed"
-    lora = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
-            "--gradient_checkpointing", "true"]
+def test_zero3_full_and_peft_teachers_with_gradient_checkpointing(tiny_model_dir, corpus, tmp_path):
+    """One ZeRO-3 launch, four runs: full fine-tune (teacher shards offloaded to CPU on a non-offloaded policy) and
+    its resume into a non-offloaded teacher; LoRA (adapter EMA teacher) and its resume. Gradient checkpointing on."""
+    full, full_resumed = tmp_path / "full", tmp_path / "full_resumed"
+    lora_out, lora_resumed = tmp_path / "lora", tmp_path / "lora_resumed"
+    gc = ["--gradient_checkpointing", "true"]
+    lora = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj", *gc]
     ranks = launch("deepspeed_zero3.yaml", [
-        run_flags(tiny_model_dir, corpus, first_out, *lora),
-        run_flags(tiny_model_dir, corpus, resumed_out, *lora, "--resume_from_checkpoint", str(first_out / "checkpoint-1")),
+        run_flags(tiny_model_dir, corpus, full, *gc, "--teacher_device", "cpu"),
+        run_flags(tiny_model_dir, corpus, full_resumed, *gc, "--resume_from_checkpoint", str(full / "checkpoint-1")),
+        run_flags(tiny_model_dir, corpus, lora_out, *lora),
+        run_flags(tiny_model_dir, corpus, lora_resumed, *lora, "--resume_from_checkpoint", str(lora_out / "checkpoint-1")),
     ], tmp_path / "reports", tiny_model_dir)
-    first = check_run(ranks, 0, zero_stage=3, teacher_class="AdapterEMATeacher")
-    check_run(ranks, 1, zero_stage=3, teacher_class="AdapterEMATeacher", steps=(2,))
+    # full fine-tune
+    first = check_run(ranks, 0, zero_stage=3, teacher_class="ZeRO3EMATeacher")
+    check_run(ranks, 1, zero_stage=3, teacher_class="ZeRO3EMATeacher", steps=(2,))
+    assert first["gradient_checkpointing"] and first["teacher_offload"] is True
+    assert ranks[0][1]["teacher_offload"] is False
+    check_resume(ranks, 0, 1, full)
+    check_ema_files(full, full_resumed, tiny_model_dir)
+    # LoRA: the teacher is an EMA of the adapter only
+    first = check_run(ranks, 2, zero_stage=3, teacher_class="AdapterEMATeacher")
+    check_run(ranks, 3, zero_stage=3, teacher_class="AdapterEMATeacher", steps=(2,))
     assert first["gradient_checkpointing"]
-    check_resume(ranks, 0, 1, first_out)
-    phi = check_ema_files(first_out, resumed_out, tiny_model_dir, adapter=True)
+    check_resume(ranks, 2, 3, lora_out)
+    phi = check_ema_files(lora_out, lora_resumed, tiny_model_dir, adapter=True)
     assert all(".rlp_ema." in k and "lora_" in k for k in phi[1])  # adapter-sized: only LoRA weights
-    assert not (first_out / "rlp_ema").exists()  # the outputs hold the trained adapter only
+    assert not (lora_out / "rlp_ema").exists()  # the outputs hold the trained adapter only
 
 
 # ---------------------------------------------------------------------------------------------- one process
