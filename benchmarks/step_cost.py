@@ -3,12 +3,14 @@
 Variants, all on the same model, prompts of the same token length, G, thought length and batch:
 
     grpo            plain `GRPOTrainer`, constant reward, TRL's default generation (`model.generate` on every row)
-    grpo_shared     the same with rlp_trl's prefix-shared sampler (one prefill per context)
-    rlp             `RLPTrainer` defaults: prefix-shared sampling, S_pred read from the sampler's KV cache,
+                    and loss pass (every row's prompt + completion)
+    grpo_shared     the same with rlp_trl's prefix sharing (one prefill per context in the sampler, one prompt
+                    forward per context in the loss pass): `PrefixSharedGenerationMixin`
+    rlp             `RLPTrainer` defaults: prefix sharing as above, S_pred read from the sampler's KV cache,
                     one EMA-teacher pass per distinct context
-    rlp_no_sharing  `RLPConfig(prefix_sharing=False)`: TRL's generation + one extra batched S_pred forward
-    rlp_naive       the straightforward algorithm: TRL's generation, then one forward per rollout for S_pred and one
-                    per rollout for S_ema, with full-vocabulary logits
+    rlp_no_sharing  `RLPConfig(prefix_sharing=False)`: TRL's generation and loss pass + one extra batched S_pred pass
+    rlp_naive       the straightforward algorithm: TRL's generation and loss pass, one forward per rollout for S_pred
+                    and one per rollout for S_ema, with full-vocabulary logits
 
 Every thought is forced to the full thought length (`min_new_tokens` = `max_completion_length`), so every variant
 runs the same shapes. A step is timed from `on_step_begin` to `on_step_end` (rollouts, scoring, loss forward and

@@ -168,11 +168,15 @@ class RLPConfig(GRPOConfig):
         > RLP: speed
 
         prefix_sharing (`bool`, *optional*, defaults to `True`):
-            Non-vLLM generation only. `True`: each distinct context is prefilled once and its KV cache shared by its
-            G rollouts, and S_pred (eq. 3) is read from the same cache by feeding `</think>` and the true token(s)
-            after each thought (`rlp_trl.generation`), so there is no separate scoring pass. `False`: TRL's default
-            generation (`model.generate` on every row) followed by one extra forward pass for S_pred. Both sample
-            from the same distribution; vLLM keeps its own prefix caching either way.
+            `True`: the G rollouts of a context share its prompt computation. Sampling (non-vLLM path): each
+            distinct context is prefilled once and its KV cache copied to its G rows, and S_pred (eq. 3) is read
+            from the same cache by feeding `</think>` and the true token(s) after each thought, so there is no
+            separate scoring pass (`rlp_trl.generation`). Loss pass (eq. 8) and theta_old log-probs: each distinct
+            prompt runs forward once and the rows run only their completions on its cache; gradients are summed
+            into it by autograd (`rlp_trl.shared_prefix`; not under DeepSpeed, FSDP or gradient checkpointing).
+            Same samples under the same seed, same log-probs and gradients up to float rounding. `False`: TRL's
+            default generation (`model.generate` on every row), TRL's loss pass and one extra forward for S_pred.
+            vLLM keeps its own prefix caching either way. See docs/performance.md.
     """
 
     # Paper defaults for GRPO fields (Sec. 9).
@@ -236,7 +240,7 @@ class RLPConfig(GRPOConfig):
     # Speed
     prefix_sharing: bool = field(
         default=True,
-        metadata={"help": "Non-vLLM path: one prefill per context shared by its G rollouts, S_pred read from the cache."},
+        metadata={"help": "G rollouts share their context's prefill (S_pred read from that cache) and prompt forward."},
     )
 
     def __post_init__(self):

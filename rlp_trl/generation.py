@@ -207,7 +207,8 @@ class PrefixSharedGenerationMixin:
     def _shares_training_prefix(self, model, compute_aux_loss, extra) -> bool:
         unwrapped = self.accelerator.unwrap_model(model)
         return (
-            getattr(self.args, "prefix_sharing", True) and model is self.model and not compute_aux_loss
+            getattr(self.args, "prefix_sharing", True) and model in (self.model, self.model_wrapped)
+            and not compute_aux_loss
             and all(v is None for v in extra.values())  # no images / token types
             and not self.is_deepspeed_enabled and not self.is_fsdp_enabled  # their wrappers gather per forward
             and not getattr(unwrapped, "is_gradient_checkpointing", False)  # recomputation would re-extend the cache

@@ -163,7 +163,7 @@ def test_prefix_sharing_falls_back_for_vllm_flag(tiny_model_dir, tmp_path):
 
 def test_shared_prefix_loss_pass_equals_full_pass(tiny_model_dir, tiny_docs, tmp_path):
     """The loss pass with one forward per distinct prompt gives TRL's log-probs, entropies and gradients."""
-    trainer, inputs, output, _ = _rollout(tiny_model_dir, tiny_docs, tmp_path, prefix_sharing=True)
+    trainer, _, output, _ = _rollout(tiny_model_dir, tiny_docs, tmp_path, prefix_sharing=True)
     model = trainer.model
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)
