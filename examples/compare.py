@@ -46,11 +46,11 @@ class CompareArguments:
     rlp_steps: int = field(default=8, metadata={"help": "RLP optimizer steps (2 contexts x 4 rollouts each)."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of both RLP and CPT."})
     cpt_match: str = field(default="flops", metadata={"help": "'flops' or 'tokens' (rlp_trl.cpt)."})
-    eval_documents: int = field(default=24, metadata={"help": "Held-out documents (one position each) for rlp-eval."})
+    eval_documents: int = field(default=20, metadata={"help": "Held-out documents (one position each) for rlp-eval."})
     doc_nll_documents: int = field(default=48, metadata={"help": "Held-out documents for the whole-document NLL."})
     eval_thoughts: int = field(default=4, metadata={"help": "K thoughts per position."})
     bench_tasks: str = field(default="basic_arithmetic,gsm_symbolic,champ", metadata={"help": "rlp-bench tasks."})
-    bench_problems: int = field(default=10, metadata={"help": "Problems per task."})
+    bench_problems: int = field(default=8, metadata={"help": "Problems per task."})
     seed: int = field(default=0, metadata={"help": "Seed of everything."})
     skip_training: bool = field(default=False, metadata={"help": "Reuse the models in output_dir."})
 

@@ -159,13 +159,14 @@ def generate_answers(model, tokenizer, questions: list[str], *, mode: str, open_
         prompts = [p + c + [close_id] for p, c in zip(prompts, cut)]
     prompts = [p + cue for p in prompts]
     device = next(model.parameters()).device
-    # the answer ends at EOS or at a think marker (a model that has not learned the format may emit them anywhere)
+    # the answer has at least one token and ends at EOS or at a think marker (a model that has not learned the format
+    # may emit them anywhere; SmolLM2 ends right after an untrained thought: an empty answer would only measure that)
     stops = sorted({close_id, *open_ids} | ({eos} if eos is not None else set()))
     answers = []
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[start : start + batch_size], pad_id, device)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens, do_sample=False,
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens, min_new_tokens=1, do_sample=False,
             eos_token_id=stops, pad_token_id=pad_id, top_p=None, top_k=None, temperature=None,
         )
         for o in out[:, ids.size(1) :].tolist():
