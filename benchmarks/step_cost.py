@@ -271,7 +271,7 @@ def position_rows(tokens: list[int], open_ids, context: int, horizon: int, count
 
 
 # ---------------------------------------------------------------------------------------------------- one run
-def build_trainer(variant, model_name, shape, steps, warmup, timer, out_dir, optim):
+def build_trainer(variant, model_name, shape, steps, warmup, timer, out_dir, train_args):
     torch.manual_seed(0)
     model, tokenizer, open_ids = load_model(model_name)
     g, p, t, b = shape["G"], shape["context"], shape["thought"], shape["contexts_per_step"]
@@ -282,7 +282,7 @@ def build_trainer(variant, model_name, shape, steps, warmup, timer, out_dir, opt
         output_dir=os.path.join(out_dir, variant), use_cpu=True, bf16=False, report_to=[], save_strategy="no",
         logging_steps=1, disable_tqdm=True, max_steps=total, seed=0, num_generations=g,
         per_device_train_batch_size=b * g, max_completion_length=t, temperature=0.7, beta=0.0, loss_type="grpo",
-        scale_rewards="none", learning_rate=1e-6, lr_scheduler_type="constant", dataloader_num_workers=0, optim=optim,
+        scale_rewards="none", learning_rate=1e-6, lr_scheduler_type="constant", dataloader_num_workers=0, **train_args,
     )
     if variant.startswith("grpo"):
         cls = TimedGRPO if variant == "grpo" else TimedSharedGRPO
@@ -302,11 +302,11 @@ def build_trainer(variant, model_name, shape, steps, warmup, timer, out_dir, opt
     return trainer
 
 
-def run_config(model_name, shape, variants, steps, warmup, bar, out_dir, optim) -> dict:
+def run_config(model_name, shape, variants, steps, warmup, bar, out_dir, train_args) -> dict:
     """Build one trainer per variant, then train them in lock-step turns (one optimizer step each in turn)."""
     baton = _Baton(variants)
     timers = {v: _StepTimer(v, baton, bar) for v in variants}
-    trainers = {v: build_trainer(v, model_name, shape, steps, warmup, timers[v], out_dir, optim) for v in variants}
+    trainers = {v: build_trainer(v, model_name, shape, steps, warmup, timers[v], out_dir, train_args) for v in variants}
     errors = []
 
     def train(variant):
@@ -348,7 +348,7 @@ def run_config(model_name, shape, variants, steps, warmup, bar, out_dir, optim) 
             ratios[key] = med[num] / med[den]
             cpu_ratios[key] = cpu[num] / cpu[den]
     return {
-        "model": model_name, "shape": shape, "optim": optim, "variants": results, "ratios": ratios,
+        "model": model_name, "shape": shape, "train_args": train_args, "variants": results, "ratios": ratios,
         "cpu_time_ratios": cpu_ratios,
     }
 
@@ -429,6 +429,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps per variant")
     parser.add_argument("--warmup", type=int, default=1, help="dropped first steps per variant")
     parser.add_argument("--optim", default="adamw_torch", help="optimizer of every variant (same for all)")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="for every variant (TRL's default; off on CPU)"
+    )
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--sweep-model", default="smollm2")
     parser.add_argument("--sweep-base", default="G=4,context=128,thought=32")
@@ -438,6 +441,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write all results and the headline ratios here")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
+    train_args = {"optim": args.optim, "gradient_checkpointing": args.gradient_checkpointing}
 
     shape = {"G": args.G, "context": args.context, "thought": args.thought, "contexts_per_step": args.contexts_per_step}
     models = [m for m in args.models.split(",") if m and m != "none"]
@@ -457,7 +461,7 @@ def main() -> None:
             runs = []
             for group in groups:
                 bar.set_postfix_str(f"{model_name}: {'+'.join(group)}")
-                runs.append(run_config(model_name, shape, group, args.steps, args.warmup, bar, out_dir, args.optim))
+                runs.append(run_config(model_name, shape, group, args.steps, args.warmup, bar, out_dir, train_args))
                 tqdm.write("")
                 print_table(runs[-1])
             ratios = {}
@@ -471,7 +475,7 @@ def main() -> None:
                 bar.set_postfix_str(f"sweep {axis}={sweep_shape[axis]}")
                 done[key] = run_config(
                     args.sweep_model, sweep_shape, SWEEP_VARIANTS, args.sweep_steps, args.warmup, bar, out_dir,
-                    args.optim,
+                    train_args,
                 )
             report["sweep"].append({**done[key], "axis": axis})
     if report["sweep"]:
