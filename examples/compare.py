@@ -85,8 +85,8 @@ def table(report: dict, bench: dict, budget: dict) -> str:
     ci = lambda s: f"{s['mean']:.3f} ±{(s['ci_high'] - s['ci_low']) / 2:.3f}"  # noqa: E731
     first = next(iter(bench.values()))
     cols = [(t, m) for t in first for m in first[t]]
-    head = (f"| model | train tokens | held-out doc NLL (ppl) | NLL at positions, no thought | NLL after a thought | "
-            f"info gain | thinking helps | "
+    head = ("| model | train tokens | held-out doc NLL (ppl) | NLL at positions, no thought | NLL after a thought | "
+            "info gain | thinking helps | "
             + " | ".join(f"{t} {m}" for t, m in cols) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for label, m in report["models"].items():

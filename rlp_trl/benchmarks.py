@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from .eval import load_with_markers, sample_thoughts, split_thought, wilson_ci
-from .trainer import left_pad
+from .scoring import pad_rows
 
 REASONING_GYM_TASKS = ("basic_arithmetic", "chain_sum", "gsm_symbolic")
 CHAMP_PIP = "pip install champ-dataset==1.0.0"
@@ -164,7 +164,7 @@ def generate_answers(model, tokenizer, questions: list[str], *, mode: str, open_
     stops = sorted({close_id, *open_ids} | ({eos} if eos is not None else set()))
     answers = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[start : start + batch_size], pad_id, device)
+        ids, mask = pad_rows(prompts[start : start + batch_size], pad_id, device)
         out = model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_answer_tokens, min_new_tokens=1, do_sample=False,
             eos_token_id=stops, pad_token_id=pad_id, top_p=None, top_k=None, temperature=None,

@@ -32,8 +32,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from .data import build_position_dataset
+from .scoring import pad_rows
 from .surprise import document_token_logps, make_position_scorer
-from .trainer import left_pad, prepare_think_markers, score_last_tokens
+from .trainer import prepare_think_markers, score_last_tokens
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -148,7 +149,7 @@ def sample_thoughts(model, prompts: list[list[int]], *, num_thoughts: int, max_t
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[start : start + batch_size], pad_id, device)
+        ids, mask = pad_rows(prompts[start : start + batch_size], pad_id, device)
         seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.size(1) :].tolist()
         out.extend(seqs[i : i + num_thoughts] for i in range(0, len(seqs), num_thoughts))
     return out
@@ -186,7 +187,7 @@ def reasoned_logps(model, prompts: list[list[int]], targets: list[list[int]], *,
         split = [split_thought(s, stop_ids) for s in sampled]
         if prefix_shared_sample is None:
             seqs = [p + t + [close_id] + y for p, (t, _), y in zip(rows, split, row_targets)]
-            ids, mask = left_pad(seqs, pad_id, device)
+            ids, mask = pad_rows(seqs, pad_id, device)
             logps = score_last_tokens(model, ids, mask, 1, len(seqs))[:, 0].cpu()
         thoughts.extend(t for t, _ in split)
         truncated.extend(cut for _, cut in split)
@@ -207,7 +208,7 @@ def evaluate_positions(model, tokenizer, positions, *, open_ids: list[int], clos
     contexts = [list(c) for c in positions["context_ids"]]
     targets = [list(t)[:1] for t in positions["target_ids"]]
     # no-think: log p(x_t | x_<t), one pass per position, only the last position through the LM head
-    ids, mask = left_pad([c + y for c, y in zip(contexts, targets)], pad_id, device)
+    ids, mask = pad_rows([c + y for c, y in zip(contexts, targets)], pad_id, device)
     nothink = score_last_tokens(model, ids, mask, 1, batch_size)[:, 0].cpu()
     # reasoned: K thoughts after context + <think>, then </think> + x_t scored under teacher forcing
     torch.manual_seed(seed)

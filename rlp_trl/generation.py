@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from trl.extras.profiling import profiling_context
 from trl.models import unwrap_model_for_generation
-from trl.trainer.utils import pad
 
+from .scoring import pad_rows
 from .shared_prefix import shared_prefix_logps
 
 
@@ -43,13 +43,6 @@ class SharedSample:
     suffix_logps: torch.Tensor | None
     prefill_tokens: int
     decode_tokens: int
-
-
-def _left_pad(rows, pad_id, device):
-    tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
-    ids = pad(tensors, padding_value=pad_id, padding_side="left").to(device)
-    mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
-    return ids, mask
 
 
 @torch.no_grad()
@@ -75,7 +68,7 @@ def prefix_shared_sample(model, prompts, generation_config, suffixes=None) -> Sh
     unique = list(dict.fromkeys(map(tuple, prompts)))
     slot = {p: i for i, p in enumerate(unique)}
     rows = torch.tensor([slot[tuple(p)] for p in prompts], device=device)
-    ids, mask = _left_pad(unique, int(pad_id), device)
+    ids, mask = pad_rows(unique, int(pad_id), device)
     padded = not bool(mask.all())
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(

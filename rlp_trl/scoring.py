@@ -10,6 +10,14 @@ import torch
 from trl.trainer.utils import pad
 
 
+def pad_rows(rows: list[list[int]], pad_id: int, device, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id rows into `(input_ids, attention_mask)` on `device`, padding on `side`."""
+    tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
+    ids = pad(tensors, padding_value=pad_id, padding_side=side).to(device)
+    mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side=side).to(device)
+    return ids, mask
+
+
 def plan_prefix_passes(sequences: list[tuple[int, ...]]) -> list[int]:
     """For each distinct sequence, the index of the sequence whose forward pass scores it (itself, or a longer one
     that it is a prefix of)."""
@@ -48,9 +56,7 @@ def score_sequence_ends(
     for start in range(0, len(hosts), batch_size):
         chunk = hosts[start : start + batch_size]
         width = max(len(unique[h]) for h in chunk)
-        tensors = [torch.tensor(unique[h], dtype=torch.long) for h in chunk]
-        ids = pad(tensors, padding_value=pad_id, padding_side="left").to(device)
-        mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+        ids, mask = pad_rows([unique[h] for h in chunk], pad_id, device)
         # position p (padded coordinates) of the logits that predict token j of member m: offset + len(m) - k - 1 + j
         wanted = [
             (row, i, width - len(unique[h]) + len(unique[i]) - num_tokens - 1)

@@ -9,7 +9,8 @@ about one forward over the corpus (two for long documents).
 """
 
 import torch
-from trl.trainer.utils import pad
+
+from .scoring import pad_rows
 
 
 def lowest_logprob_positions(token_logps: list[float], first: int, last: int, k: int) -> list[int]:
@@ -41,9 +42,7 @@ def document_token_logps(model, documents: list[list[int]], window: int, batch_s
     out = [[0.0] * len(ids) for ids in documents]
     for b in range(0, len(pieces), batch_size):
         chunk = pieces[b : b + batch_size]
-        tensors = [torch.tensor(p[3], dtype=torch.long) for p in chunk]
-        ids = pad(tensors, padding_value=pad_id, padding_side="right").to(device)
-        mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="right").to(device)
+        ids, mask = pad_rows([p[3] for p in chunk], pad_id, device, side="right")
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         logps = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
         for row, (d, s, first, piece) in enumerate(chunk):

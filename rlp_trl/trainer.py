@@ -30,7 +30,7 @@ from .loss import clipped_thought_loss
 from .markers import split_thought_text, text_marker_ids
 from .resilience import ResilienceMixin, ensure_pad_token, staged_checkpoint
 from .rewards import group_advantages, information_gain, prefix_match_reward
-from .scoring import score_sequence_ends
+from .scoring import pad_rows, score_sequence_ends
 from .surprise import make_position_scorer
 from .teacher import build_teacher
 
@@ -59,13 +59,6 @@ def prepare_think_markers(tokenizer, model, open_marker: str, close_marker: str,
 
 def _markers_missing(tokenizer, *markers: str) -> bool:
     return any(len(tokenizer.encode(m, add_special_tokens=False)) != 1 for m in markers)
-
-
-def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    tensors = [torch.tensor(s, dtype=torch.long) for s in seqs]
-    ids = pad(tensors, padding_value=pad_id, padding_side="left").to(device)
-    mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
-    return ids, mask
 
 
 @torch.no_grad()
@@ -289,7 +282,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             if sample is not None and sample.suffix_logps is not None:
                 reasoned = sample.suffix_logps[:, 1:].to(device)
             else:
-                seq_ids, seq_mask = left_pad([p + c for p, c in zip(prompt_ids_list, completions)], pad_id, device)
+                seq_ids, seq_mask = pad_rows([p + c for p, c in zip(prompt_ids_list, completions)], pad_id, device)
                 reasoned = score_last_tokens(unwrapped, seq_ids, seq_mask, horizon, batch_size)
             # S_ema (eq. 4): one teacher pass per distinct context (shared by its G rollouts, and by the positions of
             # the same document that are prefixes of it)

@@ -7,10 +7,11 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_config  # noqa: F401  (sets the offline environment before transformers is used)
 from datasets import Dataset
+from tiny_model import THINK_CLOSE, THINK_OPEN, tiny_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_config  # noqa: F401  (sets the offline environment before transformers is used)
 from rlp_trl import benchmarks, cpt
 from rlp_trl.eval import (
     compare_positions,
@@ -21,8 +22,8 @@ from rlp_trl.eval import (
     summarize_positions,
     wilson_ci,
 )
-from rlp_trl.trainer import left_pad, score_last_tokens
-from tiny_model import THINK_CLOSE, THINK_OPEN, tiny_corpus
+from rlp_trl.scoring import pad_rows
+from rlp_trl.trainer import score_last_tokens
 
 
 # ---------------------------------------------------------------------------------------------- rlp-eval: math
@@ -91,7 +92,7 @@ def test_reasoned_logps_match_a_teacher_forced_pass(tiny):
     assert scores.shape == (3, 2) and len(thoughts) == 6 and len(truncated) == 6
     assert all(1 <= len(t) <= 5 and close_id not in t for t in thoughts)
     rows = [p + t + [close_id] + y for p, y, t in zip([p for p in prompts for _ in range(2)], [y for y in targets for _ in range(2)], thoughts)]
-    seq, mask = left_pad(rows, tok.pad_token_id, "cpu")
+    seq, mask = pad_rows(rows, tok.pad_token_id, "cpu")
     expected = score_last_tokens(model, seq, mask, 1, 8)[:, 0].view(3, 2)
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
 

@@ -18,9 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rlp_trl import RLPTrainer
 from rlp_trl.generation import prefix_shared_sample
-from rlp_trl.scoring import plan_prefix_passes, score_sequence_ends
+from rlp_trl.scoring import pad_rows, plan_prefix_passes, score_sequence_ends
 from rlp_trl.shared_prefix import shared_prefix_logps
-from rlp_trl.trainer import left_pad, score_last_tokens
+from rlp_trl.trainer import score_last_tokens
 
 G = 4
 
@@ -52,7 +52,7 @@ def test_prefix_shared_sampling_matches_generate(tiny, do_sample, early_stops):
         max_new_tokens=10, do_sample=do_sample, temperature=0.7, top_k=50, top_p=0.95, repetition_penalty=1.1,
         min_new_tokens=2, pad_token_id=tokenizer.pad_token_id,
     )
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    ids, mask = pad_rows(prompts, tokenizer.pad_token_id, "cpu")
     stops = [tokenizer.eos_token_id, close]
     if early_stops:  # extra stop ids make rows stop at different steps
         if do_sample:
@@ -88,7 +88,7 @@ def test_in_cache_suffix_scores_equal_separate_pass(tiny, horizon):
     thoughts = [c[:-1] if c and c[-1] in stops else c for c in shared.completion_ids]
     assert any(len(t) == 10 for t in thoughts) and any(len(t) < 10 for t in thoughts)  # truncated and stopped rows
     sequences = [p + t + [close] + y for p, t, y in zip(prompts, thoughts, targets)]
-    ids, mask = left_pad(sequences, tokenizer.pad_token_id, "cpu")
+    ids, mask = pad_rows(sequences, tokenizer.pad_token_id, "cpu")
     reference = score_last_tokens(model, ids, mask, horizon + 1, batch_size=5)
     torch.testing.assert_close(shared.suffix_logps, reference, rtol=0, atol=1e-5)
 
