@@ -1,6 +1,6 @@
 """`make compare`: base vs RLP vs compute-matched CPT on the embedded defaults, then rlp-eval and rlp-bench.
 
-    python examples/compare.py [--rlp_steps 8] [--learning_rate 1e-5] [--cpt_match flops] [--output_dir outputs/compare]
+    python examples/compare.py [--rlp_steps 32] [--learning_rate 1e-5] [--cpt_match flops] [--output_dir outputs/compare]
 
 1. Split the embedded corpus (Wikipedia math/science extracts) into train and held-out documents (`heldout_split`).
 2. RLP: `examples/configs/demo_cpu.yaml` (2 contexts x G=4 rollouts per step, 32-token thoughts, 128-token contexts)
@@ -43,14 +43,14 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"
 @dataclass
 class CompareArguments:
     output_dir: str = field(default="outputs/compare", metadata={"help": "Models, JSON, plot."})
-    rlp_steps: int = field(default=8, metadata={"help": "RLP optimizer steps (2 contexts x 4 rollouts each)."})
+    rlp_steps: int = field(default=32, metadata={"help": "RLP optimizer steps (2 contexts x 4 rollouts each)."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of both RLP and CPT."})
     cpt_match: str = field(default="flops", metadata={"help": "'flops' or 'tokens' (rlp_trl.cpt)."})
-    eval_documents: int = field(default=20, metadata={"help": "Held-out documents (one position each) for rlp-eval."})
+    eval_documents: int = field(default=64, metadata={"help": "Held-out documents (one position each) for rlp-eval."})
     doc_nll_documents: int = field(default=48, metadata={"help": "Held-out documents for the whole-document NLL."})
     eval_thoughts: int = field(default=4, metadata={"help": "K thoughts per position."})
     bench_tasks: str = field(default="basic_arithmetic,gsm_symbolic,champ", metadata={"help": "rlp-bench tasks."})
-    bench_problems: int = field(default=8, metadata={"help": "Problems per task."})
+    bench_problems: int = field(default=20, metadata={"help": "Problems per task."})
     seed: int = field(default=0, metadata={"help": "Seed of everything."})
     skip_training: bool = field(default=False, metadata={"help": "Reuse the models in output_dir."})
 

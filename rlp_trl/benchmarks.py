@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .eval import load_with_markers, sample_thoughts, split_thought, wilson_ci
 from .scoring import pad_rows
@@ -186,7 +187,7 @@ def run_benchmarks(model, tokenizer, open_ids, close_id, *, tasks, num_problems:
     problems = {task: load_problems(task, num_problems, seed) for task in tasks}
     flat = [(task, p) for task in tasks for p in problems[task]]
     results = {task: {} for task in tasks}
-    for mode in modes:
+    for mode in tqdm(modes, desc=f"rlp-bench ({len(flat)} problems)", unit="mode", leave=False):
         outputs, thoughts = generate_answers(
             model, tokenizer, [p.question for _, p in flat], mode=mode, open_ids=open_ids, close_id=close_id,
             max_thought_tokens=max_thought_tokens, max_answer_tokens=max_answer_tokens, batch_size=batch_size,

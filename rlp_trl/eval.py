@@ -29,6 +29,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from .data import build_position_dataset
@@ -170,7 +171,7 @@ def reasoned_logps(model, prompts: list[list[int]], targets: list[list[int]], *,
         prefix_shared_sample = None
     device = next(model.parameters()).device
     thoughts, truncated, scores = [], [], []
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="positions (K thoughts each)", unit="batch", leave=False):
         batch_prompts = prompts[start : start + batch_size]
         batch_targets = targets[start : start + batch_size]
         rows = [p for p in batch_prompts for _ in range(num_thoughts)]
@@ -317,7 +318,10 @@ def run_eval(args: EvalArguments, paths: dict[str, str] | None = None) -> dict:
         if args.compare_to:
             paths[_label(args.compare_to) if _label(args.compare_to) not in paths else "compare_to"] = args.compare_to
     docs, text_field = load_heldout_documents(args)
-    results = {label: evaluate_checkpoint(path, docs, text_field, args) for label, path in paths.items()}
+    results = {
+        label: evaluate_checkpoint(path, docs, text_field, args)
+        for label, path in tqdm(paths.items(), desc="rlp-eval checkpoints", unit="model")
+    }
     labels = list(results)
     report = {"config": asdict(args), "models": {}, "comparisons": {}}
     for label in labels:
