@@ -7,7 +7,7 @@ The budget formula, the data packing and every flag are in `rlp_trl/cpt.py` (als
 docs/evaluation.md. Run it with `accelerate launch` / `torchrun` for several GPUs like any transformers Trainer script.
 """
 
-from rlp_trl.cpt import main
+from rlp_trl.cpt import cli
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

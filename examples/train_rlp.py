@@ -8,7 +8,7 @@ Every RLPConfig, ModelConfig (incl. --use_peft, --load_in_4bit) and script field
 The same entry point is installed as `rlp-train`. The logic lives in `rlp_trl.cli` so both stay identical.
 """
 
-from rlp_trl.cli import main
+from rlp_trl.cli import cli
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

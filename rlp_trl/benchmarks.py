@@ -317,5 +317,11 @@ def main(argv: list[str] | None = None):
     return results
 
 
+def cli() -> int:
+    """Console-script entry point (`rlp-bench`): lm-eval's exit status with `--lm_eval`, else 0 (not the results)."""
+    result = main()
+    return result if isinstance(result, int) else 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli())

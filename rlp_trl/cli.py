@@ -124,5 +124,11 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
     return trainer
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """Console-script entry point (`rlp-train`): the exit status, not the trainer (`sys.exit(report)` would exit 1)."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -219,5 +219,11 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """Console-script entry point (`rlp-cpt`): the exit status, not the budget (`sys.exit(report)` would exit 1)."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

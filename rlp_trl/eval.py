@@ -416,5 +416,11 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """Console-script entry point (`rlp-eval`): the exit status, not the report (`sys.exit(report)` would exit 1)."""
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

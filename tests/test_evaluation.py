@@ -4,6 +4,8 @@ and the compute-matched CPT budget. Math is checked against hand-computed values
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -183,6 +185,24 @@ def test_lm_eval_bridge_command(capsys):
     assert cmd[cmd.index("--limit") + 1] == "10"
     assert benchmarks.main(["--model_name_or_path", "m", "--lm_eval", "paper", "--dry_run", "true"]) == 0
     assert "lm_eval run --model hf --model_args pretrained=m,dtype=bfloat16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", ["rlp-bench", "rlp-cpt"])
+def test_console_scripts_exit_zero(script, tiny_model_dir, tmp_path):
+    """The installed entry points exit 0 on success (a `main` returning its report to `sys.exit` would exit 1)."""
+    exe = os.path.join(os.path.dirname(sys.executable), script)
+    if script == "rlp-bench":
+        argv = [exe, "--model_name_or_path", tiny_model_dir, "--lm_eval", "gsm8k", "--dry_run", "true"]
+    else:
+        config = tmp_path / "rlp.yaml"
+        config.write_text(f"model_name_or_path: {tiny_model_dir}\nper_device_train_batch_size: 8\nnum_generations: 4\n"
+                          "max_steps: 2\nmax_completion_length: 8\nmax_context_tokens: 32\nmin_context_tokens: 4\n")
+        corpus = tmp_path / "docs.jsonl"
+        corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus(10)))
+        argv = [exe, "--rlp_config", str(config), "--dataset_name", str(corpus), "--dry_run", "true",
+                "--output_dir", str(tmp_path / "cpt")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------------------- CPT budget
