@@ -22,6 +22,10 @@ them alike; each ratio comes from one group. Then a sweep over G, context and th
     python benchmarks/step_cost.py --no-sweep --json docs/step_cost.json   # tiny + SmolLM2, P=512, T=64, G=8
     python benchmarks/step_cost.py --models none --json docs/step_cost_sweep.json   # the sweep and its plot only
     python benchmarks/step_cost.py --models tiny --steps 2 --no-sweep      # quick smoke run
+    python benchmarks/step_cost.py --models random:2048x24 --no-sweep      # GPU: a randomly initialised ~1.2B Llama
+
+On a CUDA machine every variant runs on the GPU in bf16 autocast (TRL's `bf16=True`); on a CPU in fp32.
+`random:<hidden>x<layers>` builds a Llama-style config with SmolLM2's tokenizer and random weights (no download).
 """
 
 import argparse
@@ -71,6 +75,7 @@ RATIOS = (
     ("naive_over_grpo", "rlp_naive", "grpo"),
 )
 SWEEP_VARIANTS = ("grpo", "rlp", "rlp_no_sharing", "rlp_naive")
+CUDA = torch.cuda.is_available()
 
 
 # ---------------------------------------------------------------------------------------------------- variants
@@ -202,9 +207,13 @@ class _StepTimer(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.baton.release(self.name)
         self.baton.wait(self.name)
+        if CUDA:  # kernels queued by the previous trainer's turn are not this step's
+            torch.cuda.synchronize()
         self._start = (time.perf_counter(), time.process_time())
 
     def on_step_end(self, args, state, control, **kwargs):
+        if CUDA:
+            torch.cuda.synchronize()
         self.wall.append(time.perf_counter() - self._start[0])
         self.cpu.append(time.process_time() - self._start[1])
         self.bar.update(1)
@@ -225,7 +234,7 @@ def load_model(name: str):
         from tiny_model import build_tiny_model
 
         path = build_tiny_model(os.path.join(tempfile.gettempdir(), "rlp_trl_bench_tiny"))
-    elif name == "smollm2":
+    elif name == "smollm2" or name.startswith("random:"):
         from rlp_trl.assets import default_model_path
 
         path = default_model_path()
@@ -234,9 +243,32 @@ def load_model(name: str):
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if name.startswith("random:"):
+        model = AutoModelForCausalLM.from_config(random_config(name, path), dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     open_ids, _, model = prepare_think_markers(tokenizer, model, "<think>", "</think>", add_tokens=True)
     return model, tokenizer, open_ids
+
+
+def random_config(name: str, tokenizer_path: str):
+    """`random:<hidden>x<layers>`: SmolLM2's Llama config scaled to that width and depth (head dim 64, 4 query heads
+    per KV head, MLP width 8/3 x hidden rounded up to 256), for timing larger models without downloading them."""
+    from transformers import AutoConfig
+
+    try:
+        hidden, layers = (int(x) for x in name.split(":", 1)[1].lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--models {name!r}: write random:<hidden>x<layers>, e.g. random:2048x24") from None
+    if hidden % 256:
+        raise SystemExit(f"--models {name!r}: the hidden size must be a multiple of 256")
+    config = AutoConfig.from_pretrained(tokenizer_path)
+    heads = hidden // 64
+    config.update(dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 4),
+        intermediate_size=-(-hidden * 8 // 3 // 256) * 256, head_dim=64,
+    ))
+    return config
 
 
 def corpus_tokens(name: str, tokenizer, needed: int) -> list[int]:
@@ -279,7 +311,7 @@ def build_trainer(variant, model_name, shape, steps, warmup, timer, out_dir, tra
     tokens = corpus_tokens(model_name, tokenizer, total * b * (p + 1) + 1)
     rows = position_rows(tokens, open_ids, p, 1, total * b)
     common = dict(
-        output_dir=os.path.join(out_dir, variant), use_cpu=True, bf16=False, report_to=[], save_strategy="no",
+        output_dir=os.path.join(out_dir, variant), use_cpu=not CUDA, bf16=CUDA, report_to=[], save_strategy="no",
         logging_steps=1, disable_tqdm=True, max_steps=total, seed=0, num_generations=g,
         per_device_train_batch_size=b * g, max_completion_length=t, temperature=0.7, beta=0.0, loss_type="grpo",
         scale_rewards="none", learning_rate=1e-6, lr_scheduler_type="constant", dataloader_num_workers=0, **train_args,
@@ -410,14 +442,17 @@ def machine() -> dict:
         pass
     return {
         "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name() if CUDA else False,
         "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny,smollm2", help="comma-separated: tiny, smollm2, a model path; none")
+    parser.add_argument(
+        "--models", default="tiny,smollm2",
+        help="comma-separated: tiny, smollm2, a model path or hub name, random:<hidden>x<layers>; none",
+    )
     parser.add_argument(
         "--groups", default=";".join(",".join(g) for g in GROUPS),
         help="';'-separated groups of ','-separated variants; each group is timed in turns in memory together",

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -43,3 +45,18 @@ def test_step_cost_smoke(tmp_path):
     (group,) = [g for g in run["groups"] if "rlp_no_sharing" in g["variants"]]
     med = {v: r["median_step_s"] for v, r in group["variants"].items()}
     assert math.isclose(report["prefix_sharing_speedup"], med["rlp_no_sharing"] / med["rlp"], rel_tol=1e-9)
+
+
+def test_random_config_models():
+    """`--models random:<hidden>x<layers>`: a randomly initialised Llama of that size with SmolLM2's tokenizer."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import step_cost
+
+    model, tokenizer, open_ids = step_cost.load_model("random:512x3")
+    c = model.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads) == (512, 3, 8, 2)
+    assert c.intermediate_size == 1536 and c.intermediate_size % 256 == 0
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer) and len(open_ids) == 1
+    for bad in ("random:512", "random:500x2"):
+        with pytest.raises(SystemExit, match="random:"):
+            step_cost.load_model(bad)
