@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from .data import build_position_dataset
+from .generation import prefix_shared_sample
 from .scoring import pad_rows
 from .surprise import document_token_logps, make_position_scorer
 from .trainer import prepare_think_markers, score_last_tokens
@@ -163,33 +164,18 @@ def reasoned_logps(model, prompts: list[list[int]], targets: list[list[int]], *,
     """log p(x_t | prompt, c_k, </think>) for K sampled thoughts c_k per prompt: `[N, K]`, the thoughts, truncation.
 
     Uses the trainer's prefix-shared sampler (`rlp_trl.generation`: one prefill per prompt, x_t scored in the same
-    KV cache) when it is available, else `generate` followed by one teacher-forced pass (`score_last_tokens`).
+    KV cache; `tests/test_evaluation.py` checks it against a separate teacher-forced pass).
     """
-    try:
-        from .generation import prefix_shared_sample
-    except ImportError:
-        prefix_shared_sample = None
-    device = next(model.parameters()).device
+    config = thought_generation_config(max_thought_tokens, temperature, stop_ids, pad_id)
     thoughts, truncated, scores = [], [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc="positions (K thoughts each)", unit="batch", leave=False):
         batch_prompts = prompts[start : start + batch_size]
         batch_targets = targets[start : start + batch_size]
         rows = [p for p in batch_prompts for _ in range(num_thoughts)]
         row_targets = [y for y in batch_targets for _ in range(num_thoughts)]
-        if prefix_shared_sample is not None:
-            config = thought_generation_config(max_thought_tokens, temperature, stop_ids, pad_id)
-            sample = prefix_shared_sample(model, rows, config, [[close_id] + y for y in row_targets])
-            sampled, logps = sample.completion_ids, sample.suffix_logps[:, 1].cpu()
-        else:
-            sampled = [s for group in sample_thoughts(
-                model, batch_prompts, num_thoughts=num_thoughts, max_thought_tokens=max_thought_tokens,
-                temperature=temperature, stop_ids=stop_ids, pad_id=pad_id, batch_size=len(batch_prompts),
-            ) for s in group]
-        split = [split_thought(s, stop_ids) for s in sampled]
-        if prefix_shared_sample is None:
-            seqs = [p + t + [close_id] + y for p, (t, _), y in zip(rows, split, row_targets)]
-            ids, mask = pad_rows(seqs, pad_id, device)
-            logps = score_last_tokens(model, ids, mask, 1, len(seqs))[:, 0].cpu()
+        sample = prefix_shared_sample(model, rows, config, [[close_id] + y for y in row_targets])
+        split = [split_thought(s, stop_ids) for s in sample.completion_ids]
+        logps = sample.suffix_logps[:, 1].cpu()
         thoughts.extend(t for t, _ in split)
         truncated.extend(cut for _, cut in split)
         scores.append(logps.view(-1, num_thoughts))

@@ -81,7 +81,7 @@ def tiny(tiny_model_dir):
 
 
 def test_reasoned_logps_match_a_teacher_forced_pass(tiny):
-    """Whatever sampler is used, each score is log p(x_t | prompt, thought, </think>) of the returned thought."""
+    """Each in-cache score is log p(x_t | prompt, thought, </think>) of the returned thought, as a separate pass."""
     model, tok = tiny
     open_id, close_id = tok.convert_tokens_to_ids(THINK_OPEN), tok.convert_tokens_to_ids(THINK_CLOSE)
     ids = [tok(t)["input_ids"] for t in tiny_corpus(3)]
