@@ -9,8 +9,13 @@ about one forward over the corpus (two for long documents).
 """
 
 import torch
+from trl.trainer.utils import selective_log_softmax
 
 from .scoring import pad_rows
+
+# At most this many logits per forward (~1 GiB in fp32): a batch of 2048-token windows of a 152k-vocabulary model
+# would otherwise build tens of GB of logits at dataset-building time.
+LOGITS_BUDGET = 2**28
 
 
 def lowest_logprob_positions(token_logps: list[float], first: int, last: int, k: int) -> list[int]:
@@ -20,11 +25,16 @@ def lowest_logprob_positions(token_logps: list[float], first: int, last: int, k:
 
 
 @torch.no_grad()
-def document_token_logps(model, documents: list[list[int]], window: int, batch_size: int = 8, pad_id: int = 0) -> list[list[float]]:
+def document_token_logps(
+    model, documents: list[list[int]], window: int, batch_size: int = 8, pad_id: int = 0,
+    logits_budget: int = LOGITS_BUDGET,
+) -> list[list[float]]:
     """log p(x_i | x_<i) for every token i >= 1 of each document (index 0 gets 0.0), at temperature 1.
 
     A document longer than `window` is scored in windows of `window` tokens overlapping by half: each token is read
     from the window where it has at least `window // 2` tokens of context (or all of them, near the start).
+    Rows per forward are capped so that a batch's logits stay within `logits_budget` elements; log-probs are taken
+    row by row (`selective_log_softmax`), never as a full-vocabulary log-softmax copy.
     """
     window = max(window, 2)
     stride = max(window // 2, 1)
@@ -40,11 +50,13 @@ def document_token_logps(model, documents: list[list[int]], window: int, batch_s
                 break
             s += stride
     out = [[0.0] * len(ids) for ids in documents]
+    vocab = model.config.get_text_config().vocab_size  # not the weight's shape: ZeRO-3 partitions it to size 0
+    batch_size = max(1, min(batch_size, logits_budget // (window * vocab)))
     for b in range(0, len(pieces), batch_size):
         chunk = pieces[b : b + batch_size]
         ids, mask = pad_rows([p[3] for p in chunk], pad_id, device, side="right")
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        logps = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        logps = selective_log_softmax(logits, ids[:, 1:]).float().cpu()
         for row, (d, s, first, piece) in enumerate(chunk):
             for t in range(first, s + len(piece)):
                 out[d][t] = logps[row, t - s - 1].item()

@@ -94,3 +94,21 @@ def test_config_rejects_unknown_variants(tmp_path):
         tiny_config(tmp_path, reward_type="accuracy")
     with pytest.raises(ValueError, match="no_think_baseline"):
         tiny_config(tmp_path, no_think_baseline="frozen")
+
+
+def test_document_token_logps_caps_rows_per_forward(tiny):
+    """Under a small logits budget the documents are scored one window per forward, with the same values."""
+    model, tok = tiny
+    docs = [tok(t)["input_ids"][:30] for t in tiny_corpus(3)]
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        reference = document_token_logps(model, docs, window=32, batch_size=8)
+        assert len(calls) == 1  # the three documents in one forward
+        one_window = 32 * model.config.vocab_size
+        capped = document_token_logps(model, docs, window=32, batch_size=8, logits_budget=one_window)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + 3  # then one forward per document
+    for a, b in zip(capped, reference):
+        assert a == pytest.approx(b, abs=1e-5)
