@@ -34,9 +34,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from .data import build_position_dataset
 from .generation import prefix_shared_sample
-from .scoring import pad_rows
+from .scoring import pad_rows, score_last_tokens
 from .surprise import document_token_logps, make_position_scorer
-from .trainer import prepare_think_markers, score_last_tokens
+from .trainer import prepare_think_markers
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 

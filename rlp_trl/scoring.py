@@ -18,6 +18,22 @@ def pad_rows(rows: list[list[int]], pad_id: int, device, side: str = "left") -> 
     return ids, mask
 
 
+@torch.no_grad()
+def score_last_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int, batch_size: int) -> torch.Tensor:
+    """log p(input_ids[:, -k:] | everything before) for left-padded rows, at temperature 1; returns `[N, k]`.
+
+    Only the last k+1 positions go through the LM head (`logits_to_keep`), so no `[N, L, V]` logits are built.
+    """
+    out = []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=num_tokens + 1).logits
+        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        out.append(logps.gather(-1, ids[:, -num_tokens:].unsqueeze(-1)).squeeze(-1))
+    return torch.cat(out)
+
+
 def plan_prefix_passes(sequences: list[tuple[int, ...]]) -> list[int]:
     """For each distinct sequence, the index of the sequence whose forward pass scores it (itself, or a longer one
     that it is a prefix of)."""

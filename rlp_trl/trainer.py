@@ -30,7 +30,7 @@ from .loss import clipped_thought_loss
 from .markers import split_thought_text, text_marker_ids
 from .resilience import ResilienceMixin, ensure_pad_token, staged_checkpoint
 from .rewards import group_advantages, information_gain, prefix_match_reward
-from .scoring import pad_rows, score_sequence_ends
+from .scoring import pad_rows, score_last_tokens, score_sequence_ends
 from .surprise import make_position_scorer
 from .teacher import build_teacher
 
@@ -59,22 +59,6 @@ def prepare_think_markers(tokenizer, model, open_marker: str, close_marker: str,
 
 def _markers_missing(tokenizer, *markers: str) -> bool:
     return any(len(tokenizer.encode(m, add_special_tokens=False)) != 1 for m in markers)
-
-
-@torch.no_grad()
-def score_last_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int, batch_size: int) -> torch.Tensor:
-    """log p(input_ids[:, -k:] | everything before) for left-padded rows, at temperature 1; returns `[N, k]`.
-
-    Only the last k+1 positions go through the LM head (`logits_to_keep`), so no `[N, L, V]` logits are built.
-    """
-    out = []
-    for start in range(0, input_ids.size(0), batch_size):
-        ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=num_tokens + 1).logits
-        logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        out.append(logps.gather(-1, ids[:, -num_tokens:].unsqueeze(-1)).squeeze(-1))
-    return torch.cat(out)
 
 
 def info_gain(*args, **kwargs):

@@ -24,8 +24,7 @@ from rlp_trl.eval import (
     summarize_positions,
     wilson_ci,
 )
-from rlp_trl.scoring import pad_rows
-from rlp_trl.trainer import score_last_tokens
+from rlp_trl.scoring import pad_rows, score_last_tokens
 
 
 # ---------------------------------------------------------------------------------------------- rlp-eval: math

@@ -18,9 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rlp_trl import RLPTrainer
 from rlp_trl.generation import prefix_shared_sample
-from rlp_trl.scoring import pad_rows, plan_prefix_passes, score_sequence_ends
+from rlp_trl.scoring import pad_rows, plan_prefix_passes, score_last_tokens, score_sequence_ends
 from rlp_trl.shared_prefix import shared_prefix_logps
-from rlp_trl.trainer import score_last_tokens
 
 G = 4
 
