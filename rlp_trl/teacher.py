@@ -201,6 +201,7 @@ class EMATeacher:
     """
 
     kind = "full"
+    load_on_rank0_only = False  # every rank reads the saved weights into its own replica
 
     def __init__(self, decay: float, dtype: torch.dtype | None = torch.float32, device: str | torch.device | None = None):
         if not 0.0 < decay < 1.0:
@@ -316,7 +317,7 @@ class EMATeacher:
         if state is None:
             return False
         self._build(model)
-        self._copy_from_file(os.path.join(directory, TEACHER_WEIGHTS), only_rank0=False)
+        self._copy_from_file(os.path.join(directory, TEACHER_WEIGHTS), only_rank0=self.load_on_rank0_only)
         self.num_updates = state.get("num_updates", 0)
         return True
 
@@ -361,6 +362,8 @@ class ZeRO3EMATeacher(EMATeacher):
             accelerate has filled in its "auto" values).
         offload: keep the teacher's shards in CPU memory (ZeRO-3 parameter offload), whatever the policy does.
     """
+
+    load_on_rank0_only = True  # rank 0 reads the file; gathering with modifier_rank=0 hands each rank its shard
 
     def __init__(self, decay: float, dtype: torch.dtype | None, ds_config, offload: bool = False):
         super().__init__(decay, dtype)
@@ -434,15 +437,6 @@ class ZeRO3EMATeacher(EMATeacher):
                 if write:
                     out.update({n: p.detach().to("cpu", copy=True).contiguous() for n, p in chunk})
         return out
-
-    def load(self, directory: str, model: nn.Module) -> bool:
-        state = self._read_state(directory, self.kind)
-        if state is None:
-            return False
-        self._build(model)
-        self._copy_from_file(os.path.join(directory, TEACHER_WEIGHTS), only_rank0=True)
-        self.num_updates = state.get("num_updates", 0)
-        return True
 
 
 # ---------------------------------------------------------------------------------------------- PEFT adapter teacher
