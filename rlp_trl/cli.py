@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
     if trainer.interrupted:  # SIGTERM/SIGINT: a complete checkpoint was saved; not a finished run, no final model
         trainer.accelerator.print(f"[rlp_trl] interrupted by {trainer.interrupted}; resume with --resume_from_checkpoint true")
         raise SystemExit(128 + int(getattr(signal, trainer.interrupted)))
+    if trainer.already_finished is not None:  # resumed a finished run: nothing trained, its final model stays as is
+        trainer.end()
+        return trainer
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         with open(os.path.join(training_args.output_dir, "rlp_metrics.jsonl"), "w") as f:

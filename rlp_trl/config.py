@@ -164,6 +164,13 @@ class RLPConfig(GRPOConfig):
             text, however it was tokenized (generation itself stops only at EOS or the length limit).
         handle_signals (`bool`, *optional*, defaults to `True`):
             On SIGTERM/SIGINT during `train()`, finish the optimizer step, save a complete checkpoint and stop.
+        nonfinite_patience (`int`, *optional*, defaults to `20`):
+            Training stops with `NonFiniteError` after this many optimizer steps in a row skipped for non-finite
+            gradients, or reward batches in a row with every group excluded (the model is degenerate).
+        resume_mismatch (`str`, *optional*, defaults to `"error"`):
+            Resuming onto different training data (content fingerprint) or with an optimisation setting that the
+            checkpoint's optimizer state overrides (`learning_rate`, `weight_decay`, Adam betas/epsilon, `optim`):
+            `"error"` refuses, naming the difference; `"warn"` resumes with a loud warning.
 
         > RLP: speed
 
@@ -236,6 +243,12 @@ class RLPConfig(GRPOConfig):
     handle_signals: bool = field(
         default=True, metadata={"help": "SIGTERM/SIGINT: finish the step, save a checkpoint, stop."}
     )
+    nonfinite_patience: int = field(
+        default=20, metadata={"help": "Stop after this many skipped steps / all-excluded reward batches in a row."}
+    )
+    resume_mismatch: str = field(
+        default="error", metadata={"help": "Resume on other data or overridden optimiser settings: 'error' or 'warn'."}
+    )
 
     # Speed
     prefix_sharing: bool = field(
@@ -281,6 +294,9 @@ class RLPConfig(GRPOConfig):
             (self.on_nonfinite in NONFINITE_MODES, f"on_nonfinite must be one of {NONFINITE_MODES}, got {self.on_nonfinite!r}"),
             (_is_int(self.max_document_chars) and self.max_document_chars >= 0,
              f"max_document_chars must be an integer >= 0 (0 disables the cap), got {self.max_document_chars!r}"),
+            (_is_int(self.nonfinite_patience) and self.nonfinite_patience >= 1,
+             f"nonfinite_patience must be an integer >= 1, got {self.nonfinite_patience!r}"),
+            (self.resume_mismatch in ("error", "warn"), f"resume_mismatch must be 'error' or 'warn', got {self.resume_mismatch!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -249,6 +249,11 @@ class EMATeacher:
     def hidden_from_saving(self, model: nn.Module):
         return contextlib.nullcontext()
 
+    def named_state_tensors(self):
+        """(name, tensor) of the teacher's state, for finiteness checks (ZeRO-3: this process's shards)."""
+        for name, p in self.module.named_parameters():
+            yield name, (p.ds_tensor if _is_zero3(p) else p)
+
     def memory_bytes(self) -> int:
         if not self.initialized:
             return 0
@@ -285,7 +290,15 @@ class EMATeacher:
         if not os.path.exists(path):
             return None
         state_path = os.path.join(directory, TEACHER_STATE)
-        state = json.load(open(state_path)) if os.path.exists(state_path) else {}
+        try:
+            with open(state_path) as f:
+                state = json.load(f)
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            state = {}
+        except ValueError as err:
+            raise ValueError(f"{state_path} is not a valid teacher state ({err}): resume from another checkpoint") from err
         saved_kind = state.get("kind", "full")
         if saved_kind != kind:
             raise ValueError(
@@ -318,8 +331,21 @@ class EMATeacher:
             return False
         self._build(model)
         self._copy_from_file(os.path.join(directory, TEACHER_WEIGHTS), only_rank0=self.load_on_rank0_only)
+        if not self.load_on_rank0_only:  # every rank holds the whole teacher: the same verdict everywhere
+            _check_loaded_finite(self.named_state_tensors(), os.path.join(directory, TEACHER_WEIGHTS))
         self.num_updates = state.get("num_updates", 0)
         return True
+
+
+def _check_loaded_finite(named, path: str) -> None:
+    from .resilience import NonFiniteError, scan_tensors
+
+    bad, _ = scan_tensors(named)
+    if bad:
+        raise NonFiniteError(
+            f"{path} holds non-finite values (NaN/inf) in {', '.join(bad[:3])}: this EMA teacher cannot score "
+            "anything. Resume from an earlier checkpoint."
+        )
 
 
 def _teacher_ds_config(policy_config: dict, dtype: torch.dtype, offload: bool, hidden_size: int | None) -> dict:
@@ -571,6 +597,9 @@ class AdapterEMATeacher:
             if config is not None:
                 model.peft_config[self.adapter_name] = config
 
+    def named_state_tensors(self):
+        yield from (self.shadow or {}).items()
+
     def memory_bytes(self, model: nn.Module | None = None) -> int:
         total = sum(t.numel() * t.element_size() for t in (self.shadow or {}).values())
         if model is not None:
@@ -601,6 +630,7 @@ class AdapterEMATeacher:
                 self.shadow = {
                     n: reader.get_tensor(n).to(device=s.device, dtype=self.dtype or s.dtype) for n, _, s in pairs
                 }
+        _check_loaded_finite(self.shadow.items(), path)
         self._write(pairs)
         self.num_updates = state.get("num_updates", 0)
         return True

@@ -74,6 +74,7 @@ class _EMAUpdateCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.nonfinite_guard.check_weights_after_step()  # a non-finite policy stops here: no EMA, no save
         teacher = self.trainer.teacher
         if teacher.initialized:
             teacher.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
