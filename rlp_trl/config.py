@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .markers import THINK_TOKEN_INITS
+
 POSITION_STRATEGIES = ("random", "stride", "surprising")
 REWARD_TYPES = ("information_gain", "rpt_prefix_match")
 NO_THINK_BASELINES = ("ema", "live")
@@ -82,7 +84,9 @@ class RLPConfig(GRPOConfig):
 
     Inherits every [`~trl.GRPOConfig`] field. The GRPO fields below get the paper's values (Sec. 9) as defaults:
     `num_generations=16` (G), `temperature=0.7`, `learning_rate=1e-6` with a constant schedule,
-    `max_completion_length=2048` (thought length), `beta=0.0` (no KL), `loss_type="grpo"` (mean over each thought,
+    `max_completion_length=2048` (thought length), `beta=0.0` (no KL), `disable_dropout=True` (TRL: False; the
+    reward is a log-likelihood of the policy, and sampler, S_pred, theta_old and loss pass must agree),
+    `loss_type="grpo"` (mean over each thought,
     then over thoughts, eq. 8), `scale_rewards="none"` (eq. 7 has no std scaling). `epsilon` / `epsilon_high` are the
     clipping range (epsilon_l, epsilon_h) of eq. 8; the paper does not state them, TRL's 0.2 is kept.
 
@@ -112,6 +116,20 @@ class RLPConfig(GRPOConfig):
             embeddings. With `False`, such markers raise an error.
         min_thought_tokens (`int`, *optional*, defaults to `1`):
             Minimum thought length; the close marker and EOS are suppressed before it (Alg. 1 line 7: |c| >= 1).
+        think_close_in_loss (`bool`, *optional*, defaults to `True`):
+            A close marker the policy sampled is part of the action: it gets the policy gradient and counts in the
+            per-thought mean of eq. 8 (|c| + 1 tokens). A close the trainer wrote (thought at the length limit, or in
+            place of a sampled EOS) gets none. `False`: thought tokens only, a biased gradient that cannot learn when
+            to stop (ablation). docs/algorithm.md.
+        think_token_init (`str`, *optional*, defaults to `"text"`):
+            How the embedding rows of markers added to the vocabulary start: `"text"`, the mean of the rows of the
+            tokens of `think_open_init` / `think_close_init`; `"mean"`, transformers' `mean_resizing` (random around
+            the mean of all rows; thoughts of SmolLM2 then never close). Measured in docs/markers.md.
+        think_open_init (`str`, *optional*, defaults to `"<"`):
+            Text whose token rows initialise an added open marker (`think_token_init="text"`; empty: the marker's own
+            text).
+        think_close_init (`str`, *optional*, defaults to `">"`):
+            The same for an added close marker.
         truncated_thoughts (`str`, *optional*, defaults to `"close"`):
             A thought that reaches `max_completion_length` without closing is either closed and scored like any
             other (`"close"`) or scored but excluded from the loss (`"mask"`). Counted either way
@@ -198,6 +216,11 @@ class RLPConfig(GRPOConfig):
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; the paper uses none (0.0)."})
     loss_type: str = field(default="grpo", metadata={"help": "'grpo' = per-thought mean then batch mean (eq. 8)."})
     scale_rewards: str = field(default="none", metadata={"help": "'none': eq. 7 does not divide by the std."})
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "No dropout when sampling and scoring thoughts (the reward is a log-likelihood: no noise). "
+                          "False: the model's own dropout in sampling, S_pred, theta_old and the loss pass."},
+    )
 
     # EMA teacher
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay tau of the no-think teacher."})
@@ -213,6 +236,14 @@ class RLPConfig(GRPOConfig):
         default=True, metadata={"help": "Add markers missing from the vocabulary as special tokens."}
     )
     min_thought_tokens: int = field(default=1, metadata={"help": "Minimum number of thought tokens."})
+    think_close_in_loss: bool = field(
+        default=True, metadata={"help": "The sampled close marker gets the policy gradient (unbiased; False: ablation)."}
+    )
+    think_token_init: str = field(
+        default="text", metadata={"help": "Rows of added markers: 'text' (from the init texts' tokens) or 'mean'."}
+    )
+    think_open_init: str = field(default="<", metadata={"help": "Text whose token rows initialise an added open marker."})
+    think_close_init: str = field(default=">", metadata={"help": "Text whose token rows initialise an added close marker."})
     truncated_thoughts: str = field(
         default="close", metadata={"help": "Thoughts hitting the length limit: 'close' (score) or 'mask' (no loss)."}
     )
@@ -278,6 +309,8 @@ class RLPConfig(GRPOConfig):
             (self.max_completion_length >= 1, f"max_completion_length must be >= 1, got {self.max_completion_length}"),
             (1 <= self.min_thought_tokens <= self.max_completion_length,
              f"min_thought_tokens must be in [1, max_completion_length={self.max_completion_length}], got {self.min_thought_tokens}"),
+            (self.think_token_init in THINK_TOKEN_INITS,
+             f"think_token_init must be one of {THINK_TOKEN_INITS}, got {self.think_token_init!r}"),
             (self.truncated_thoughts in TRUNCATED_THOUGHT_MODES, f"truncated_thoughts must be one of {TRUNCATED_THOUGHT_MODES}, got {self.truncated_thoughts!r}"),
             (self.max_context_tokens >= 1, f"max_context_tokens must be >= 1, got {self.max_context_tokens}"),
             (0 <= self.min_context_tokens <= self.max_context_tokens,

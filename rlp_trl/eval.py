@@ -36,7 +36,8 @@ from .data import build_position_dataset
 from .generation import prefix_shared_sample
 from .scoring import pad_rows, score_last_tokens
 from .surprise import document_token_logps, make_position_scorer
-from .trainer import prepare_think_markers
+from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
+from .markers import markers_missing, prepare_think_markers, split_thought_text, text_marker_ids
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -108,11 +109,13 @@ def heldout_split(dataset, text_field: str = "text", fraction: float = 0.1):
 
 
 # ---------------------------------------------------------------------------------------------------- model side
-def load_with_markers(path: str, think_open: str, think_close: str, seed: int = 0, dtype: str = "float32"):
-    """Model and tokenizer with single-token think markers, added exactly as `RLPTrainer` does when missing.
+def load_with_markers(path: str, think_open: str, think_close: str, seed: int = 0, dtype: str = "float32",
+                      init: str = "text", init_texts: tuple[str, str] = ("<", ">")):
+    """Model and tokenizer with single-token think markers, added exactly as `RLPTrainer` does when missing (same
+    `think_token_init` and init texts, so an untrained model and a model trained from it start from the same rows).
 
-    The seed fixes the mean-resizing noise of newly added marker embeddings, so two runs (and two checkpoints that
-    both lack the markers) get the same rows.
+    The seed fixes the noise of `init="mean"` rows, so two runs (and two checkpoints that both lack the markers)
+    get the same rows.
     """
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
@@ -120,16 +123,19 @@ def load_with_markers(path: str, think_open: str, think_close: str, seed: int = 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype) if dtype != "auto" else "auto")
     model.eval()
     torch.manual_seed(seed)
-    open_ids, close_id, model = prepare_think_markers(tokenizer, model, think_open, think_close, add_tokens=True)
+    open_ids, close_id, model = prepare_think_markers(
+        tokenizer, model, think_open, think_close, add_tokens=True, init=init, init_texts=init_texts
+    )
     return model, tokenizer, open_ids, close_id
 
 
-def split_thought(sampled: list[int], stop_ids: set[int]) -> tuple[list[int], bool]:
-    """Tokens before the first stop id, and whether none was sampled (the thought ran to the length limit)."""
+def split_thought(sampled: list[int], stop_ids: set[int], close_id: int | None = None) -> tuple[list[int], str]:
+    """Tokens before the first stop id, and how the thought ended: `SAMPLED_CLOSE` (the stop was `close_id`),
+    `OTHER_STOP` (EOS) or `LENGTH_LIMIT` (no stop: the thought ran to the length limit)."""
     for i, tok in enumerate(sampled):
         if tok in stop_ids:
-            return sampled[:i], False
-    return sampled, True
+            return sampled[:i], SAMPLED_CLOSE if tok == close_id else OTHER_STOP
+    return sampled, LENGTH_LIMIT
 
 
 def thought_generation_config(max_thought_tokens: int, temperature: float, stop_ids, pad_id: int, **kwargs):
@@ -160,35 +166,66 @@ def sample_thoughts(model, prompts: list[list[int]], *, num_thoughts: int, max_t
 @torch.no_grad()
 def reasoned_logps(model, prompts: list[list[int]], targets: list[list[int]], *, close_id: int, stop_ids: set[int],
                    num_thoughts: int, max_thought_tokens: int, temperature: float, pad_id: int,
-                   batch_size: int) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
-    """log p(x_t | prompt, c_k, </think>) for K sampled thoughts c_k per prompt: `[N, K]`, the thoughts, truncation.
+                   batch_size: int) -> tuple[torch.Tensor, list[list[int]], list[str]]:
+    """log p(x_t | prompt, c_k, </think>) for K sampled thoughts c_k per prompt: `[N, K]`, the thoughts, and how each
+    ended (`split_thought`).
 
     Uses the trainer's prefix-shared sampler (`rlp_trl.generation`: one prefill per prompt, x_t scored in the same
     KV cache; `tests/test_evaluation.py` checks it against a separate teacher-forced pass).
     """
     config = thought_generation_config(max_thought_tokens, temperature, stop_ids, pad_id)
-    thoughts, truncated, scores = [], [], []
+    thoughts, ends, scores = [], [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc="positions (K thoughts each)", unit="batch", leave=False):
         batch_prompts = prompts[start : start + batch_size]
         batch_targets = targets[start : start + batch_size]
         rows = [p for p in batch_prompts for _ in range(num_thoughts)]
         row_targets = [y for y in batch_targets for _ in range(num_thoughts)]
         sample = prefix_shared_sample(model, rows, config, [[close_id] + y for y in row_targets])
-        split = [split_thought(s, stop_ids) for s in sample.completion_ids]
+        split = [split_thought(s, stop_ids, close_id) for s in sample.completion_ids]
         logps = sample.suffix_logps[:, 1].cpu()
         thoughts.extend(t for t, _ in split)
-        truncated.extend(cut for _, cut in split)
+        ends.extend(end for _, end in split)
         scores.append(logps.view(-1, num_thoughts))
-    return torch.cat(scores), thoughts, truncated
+    return torch.cat(scores), thoughts, ends
 
 
 @torch.no_grad()
-def evaluate_positions(model, tokenizer, positions, *, open_ids: list[int], close_id: int, num_thoughts: int = 4,
+def reasoned_logps_text(model, tokenizer, prompts: list[list[int]], targets: list[list[int]], *, close: str,
+                        num_thoughts: int, max_thought_tokens: int, temperature: float, batch_size: int
+                        ) -> tuple[torch.Tensor, list[list[int]], list[str]]:
+    """`reasoned_logps` for plain-text markers (`think_markers_as_text`), as the trainer does it: sample to EOS or
+    the limit, cut at the first occurrence of the close marker's text, then score close ids + x_t in one pass."""
+    close_ids = text_marker_ids(tokenizer, close, close)[1]
+    pad_id, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    stop_ids = {eos} if eos is not None else set()
+    config = thought_generation_config(max_thought_tokens, temperature, stop_ids, pad_id)
+    decode = lambda ids: tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
+    device = next(model.parameters()).device
+    thoughts, ends, scores = [], [], []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="positions (K thoughts each)", unit="batch", leave=False):
+        rows = [p for p in prompts[start : start + batch_size] for _ in range(num_thoughts)]
+        row_targets = [y for y in targets[start : start + batch_size] for _ in range(num_thoughts)]
+        sample = prefix_shared_sample(model, rows, config)
+        batch_thoughts = []
+        for s in sample.completion_ids:
+            thought, cut = split_thought_text(s, stop_ids, close, close_ids, decode)
+            batch_thoughts.append(thought)
+            ends.append(LENGTH_LIMIT if cut else SAMPLED_CLOSE if close in decode(s) else OTHER_STOP)
+        thoughts.extend(batch_thoughts)
+        ids, mask = pad_rows([p + t + close_ids + y for p, t, y in zip(rows, batch_thoughts, row_targets)], pad_id, device)
+        scores.append(score_last_tokens(model, ids, mask, 1, len(rows))[:, 0].cpu().view(-1, num_thoughts))
+    return torch.cat(scores), thoughts, ends
+
+
+@torch.no_grad()
+def evaluate_positions(model, tokenizer, positions, *, open_ids: list[int], close_id: int | None, num_thoughts: int = 4,
                        max_thought_tokens: int = 32, temperature: float = 0.7, batch_size: int = 16,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, close_text: str | None = None) -> dict:
     """No-think and reasoned log-probs of the true next token at each position (rows of `build_position_dataset`).
 
-    Returns `per_position` metrics (`position_metrics`), the raw log-probs, and the thought lengths / truncation rate.
+    `close_id` None: the markers are plain text and `close_text` is the close marker (`reasoned_logps_text`).
+    Returns `per_position` metrics (`position_metrics`), the raw log-probs, the thought lengths and how thoughts
+    ended (closed by a sampled close marker, truncated at the limit).
     """
     pad_id = tokenizer.pad_token_id
     device = next(model.parameters()).device
@@ -199,18 +236,23 @@ def evaluate_positions(model, tokenizer, positions, *, open_ids: list[int], clos
     nothink = score_last_tokens(model, ids, mask, 1, batch_size)[:, 0].cpu()
     # reasoned: K thoughts after context + <think>, then </think> + x_t scored under teacher forcing
     torch.manual_seed(seed)
-    stop_ids = {close_id} | {t for t in [tokenizer.eos_token_id] if t is not None}
-    reasoned, thoughts, truncated = reasoned_logps(
-        model, [c + list(open_ids) for c in contexts], targets, close_id=close_id, stop_ids=stop_ids,
-        num_thoughts=num_thoughts, max_thought_tokens=max_thought_tokens, temperature=temperature, pad_id=pad_id,
-        batch_size=batch_size,
-    )
+    prompts = [c + list(open_ids) for c in contexts]
+    common = dict(num_thoughts=num_thoughts, max_thought_tokens=max_thought_tokens, temperature=temperature,
+                  batch_size=batch_size)
+    if close_id is None:
+        reasoned, thoughts, ends = reasoned_logps_text(model, tokenizer, prompts, targets, close=close_text, **common)
+    else:
+        stop_ids = {close_id} | {t for t in [tokenizer.eos_token_id] if t is not None}
+        reasoned, thoughts, ends = reasoned_logps(
+            model, prompts, targets, close_id=close_id, stop_ids=stop_ids, pad_id=pad_id, **common
+        )
     return {
         "per_position": position_metrics(nothink, reasoned),
         "nothink_logps": nothink,
         "reasoned_logps": reasoned,
         "thought_length_mean": sum(map(len, thoughts)) / len(thoughts),
-        "thought_truncated_frac": sum(truncated) / len(truncated),
+        "thought_truncated_frac": sum(e == LENGTH_LIMIT for e in ends) / len(ends),
+        "thought_closed_frac": sum(e == SAMPLED_CLOSE for e in ends) / len(ends),
         "example_thoughts": [tokenizer.decode(t) for t in thoughts[: 3 * num_thoughts : num_thoughts]],
     }
 
@@ -240,6 +282,15 @@ class EvalArguments:
     temperature: float = field(default=0.7, metadata={"help": "Thought sampling temperature (paper: 0.7)."})
     think_open: str = field(default="<think>", metadata={"help": "Marker that opens a thought."})
     think_close: str = field(default="</think>", metadata={"help": "Marker that closes a thought."})
+    think_token_init: str = field(
+        default="text", metadata={"help": "Rows of markers added to a vocabulary that lacks them: 'text' or 'mean' "
+                                          "(use the training run's setting; RLPConfig.think_token_init)."}
+    )
+    think_open_init: str = field(default="<", metadata={"help": "Text whose token rows initialise an added open marker."})
+    think_close_init: str = field(default=">", metadata={"help": "Text whose token rows initialise an added close marker."})
+    think_markers_as_text: bool = field(
+        default=False, metadata={"help": "Markers missing from the vocabulary are plain text (as in training with it)."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Sequences per scoring pass; prompts per generate call (x K rows)."})
     seed: int = field(default=0, metadata={"help": "Seed of positions, marker embeddings and thoughts."})
     output_dir: str = field(default="outputs/eval", metadata={"help": "Where eval.json and eval.png go."})
@@ -258,9 +309,25 @@ def load_heldout_documents(args: EvalArguments):
     return docs.select(range(min(max(args.num_documents, args.doc_nll_documents), len(docs)))), text_field
 
 
+def load_checkpoint(path: str, args: EvalArguments):
+    """(model, tokenizer, open_ids, close_id) with the markers as the training run had them; close_id is None for
+    plain-text markers (then open_ids is the open marker's text ids)."""
+    if args.think_markers_as_text:
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        if markers_missing(tokenizer, args.think_open, args.think_close):
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            return model, tokenizer, text_marker_ids(tokenizer, args.think_open, args.think_close)[0], None
+    return load_with_markers(
+        path, args.think_open, args.think_close, args.seed, init=args.think_token_init,
+        init_texts=(args.think_open_init, args.think_close_init),
+    )
+
+
 def evaluate_checkpoint(path: str, docs, text_field: str, args: EvalArguments) -> dict:
     """Load one checkpoint, build positions with its tokenizer, and evaluate them."""
-    model, tokenizer, open_ids, close_id = load_with_markers(path, args.think_open, args.think_close, args.seed)
+    model, tokenizer, open_ids, close_id = load_checkpoint(path, args)
     positions, stats = build_position_dataset(
         docs.select(range(min(args.num_documents, len(docs)))), tokenizer, open_ids=open_ids, text_field=text_field, max_context_tokens=args.max_context_tokens,
         min_context_tokens=args.min_context_tokens, positions_per_document=args.positions_per_document,
@@ -271,7 +338,7 @@ def evaluate_checkpoint(path: str, docs, text_field: str, args: EvalArguments) -
     result = evaluate_positions(
         model, tokenizer, positions, open_ids=open_ids, close_id=close_id, num_thoughts=args.num_thoughts,
         max_thought_tokens=args.max_thought_tokens, temperature=args.temperature, batch_size=args.batch_size,
-        seed=args.seed,
+        seed=args.seed, close_text=args.think_close,
     )
     result["positions_key"] = [(list(c), list(t)) for c, t in zip(positions["context_ids"], positions["target_ids"])]
     result["summary"] = summarize_positions(result["per_position"])
@@ -318,6 +385,7 @@ def run_eval(args: EvalArguments, paths: dict[str, str] | None = None) -> dict:
             "summary": r["summary"],
             "thought_length_mean": r["thought_length_mean"],
             "thought_truncated_frac": r["thought_truncated_frac"],
+            "thought_closed_frac": r["thought_closed_frac"],
             "example_thoughts": r["example_thoughts"],
             "per_position": {k: v.tolist() for k, v in r["per_position"].items()},
             "per_document": {k: v.tolist() for k, v in r["per_document"].items()},

@@ -23,8 +23,8 @@ import torch
 from trl.extras.profiling import profiling_context
 from trl.models import unwrap_model_for_generation
 
-from .scoring import pad_rows
-from .shared_prefix import shared_prefix_logps
+from .scoring import mask_positions, pad_rows
+from .shared_prefix import padded_logps, shared_prefix_logps
 
 
 @dataclass
@@ -70,7 +70,7 @@ def prefix_shared_sample(model, prompts, generation_config, suffixes=None) -> Sh
     rows = torch.tensor([slot[tuple(p)] for p in prompts], device=device)
     ids, mask = pad_rows(unique, int(pad_id), device)
     padded = not bool(mask.all())
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = mask_positions(mask)
     out = model(
         input_ids=ids, attention_mask=mask if padded else None, position_ids=positions, use_cache=True, logits_to_keep=1
     )
@@ -197,12 +197,10 @@ class PrefixSharedGenerationMixin:
             self._last_sample = prefix_shared_sample(unwrapped_model, prompt_ids, self.generation_config, suffixes)
         return self._last_sample.completion_ids, None
 
-    def _shares_training_prefix(self, model, compute_aux_loss, extra) -> bool:
+    def _shares_training_prefix(self, model) -> bool:
         unwrapped = self.accelerator.unwrap_model(model)
         return (
             getattr(self.args, "prefix_sharing", True) and model in (self.model, self.model_wrapped)
-            and not compute_aux_loss
-            and all(v is None for v in extra.values())  # no images / token types
             and not self.is_deepspeed_enabled and not self.is_fsdp_enabled  # their wrappers gather per forward
             and not getattr(unwrapped, "is_gradient_checkpointing", False)  # recomputation would re-extend the cache
         )
@@ -211,20 +209,23 @@ class PrefixSharedGenerationMixin:
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
         compute_aux_loss=False, **extra,
     ):
-        if not self._shares_training_prefix(model, compute_aux_loss, extra):
+        """The policy's log-probs of completion tokens (loss pass, theta_old): one forward per distinct prompt when
+        prefix sharing applies, else one plain forward per chunk; both with position ids from the attention mask.
+        MoE aux losses and multimodal inputs keep TRL's own pass."""
+        if compute_aux_loss or any(v is not None for v in extra.values()):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra
             )
+        share = self._shares_training_prefix(model)
         unwrapped = self.accelerator.unwrap_model(model)
         batch_size = batch_size or input_ids.size(0)
+        autocast = self.accelerator.autocast
         logps, entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-            out = shared_prefix_logps(
-                model, unwrapped, ids, mask, logits_to_keep, compute_entropy, self.accelerator.autocast
-            )
-            if out is None:  # nothing shared in this chunk
-                out = super()._get_per_token_logps_and_entropies(model, ids, mask, logits_to_keep, None, compute_entropy)
+            out = shared_prefix_logps(model, unwrapped, ids, mask, logits_to_keep, compute_entropy, autocast) if share else None
+            if out is None:  # nothing shared in this chunk, or sharing does not apply
+                out = padded_logps(model, ids, mask, logits_to_keep, compute_entropy, autocast)
             logps.append(out[0])
             entropies.append(out[1])
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None

@@ -1,6 +1,14 @@
-"""Think markers as plain multi-token text (`RLPConfig.think_markers_as_text`).
+"""Think markers: added as special tokens (`prepare_think_markers`) or used as plain multi-token text.
 
-By default a marker that is not a single token of the vocabulary is added as a special token and the embeddings are
+Special tokens (the default for markers a vocabulary lacks). A new row of the embedding matrix has to start somewhere.
+`mean` (transformers' `mean_resizing`) draws it around the mean of all rows: the model has never seen anything like it,
+so after `<think>` it writes noise and it never samples `</think>` (0% of SmolLM2's thoughts close; docs/markers.md).
+`text` starts each new row (input and output embedding) at the mean of the rows of a chosen text's tokens, e.g. "<"
+and ">": the open marker then reads as an opening bracket and the close marker is a token the model already knows how
+to emit, so thoughts can close from the first step and the policy gradient on the sampled close marker
+(`rlp_trl.loss.action_mask`) has something to shape.
+
+Text markers (`RLPConfig.think_markers_as_text`). By default a marker that is not a single token of the vocabulary is added as a special token and the embeddings are
 resized (`trainer.prepare_think_markers`): generation then stops on the close token exactly. In text mode the
 vocabulary is left alone: each marker is its standalone token sequence (`tokenizer.encode(marker)`), appended in
 token space after the context (so what the model is shown and what is scored are the same ids, whatever the tokenizer
@@ -12,6 +20,63 @@ next token(s) are then appended for scoring, as in the single-token mode.
 """
 
 from collections.abc import Callable, Collection
+
+import torch
+
+THINK_TOKEN_INITS = ("text", "mean")
+
+
+def markers_missing(tokenizer, *markers: str) -> bool:
+    """True when one of `markers` is not a single token of `tokenizer`."""
+    return any(len(tokenizer.encode(m, add_special_tokens=False)) != 1 for m in markers)
+
+
+def prepare_think_markers(tokenizer, model, open_marker: str, close_marker: str, add_tokens: bool,
+                          init: str = "text", init_texts: tuple[str, str] = ("<", ">")):
+    """Return (open_ids, close_id, model), adding markers that are not single tokens as special tokens if allowed.
+
+    New rows of the input and output embeddings start from `init`: `"text"`, the mean of the rows of the tokens of
+    `init_texts` (one text per marker; an empty text falls back to the marker itself), or `"mean"`, transformers'
+    `mean_resizing` (random around the mean of all rows). Returns the token ids to append after a context (open) and
+    the stop id (close).
+    """
+    missing = [m for m in (open_marker, close_marker) if markers_missing(tokenizer, m)]
+    if missing:
+        if not add_tokens:
+            raise ValueError(
+                f"Think markers {missing} are not single tokens of this tokenizer. Pass --add_think_tokens true to add "
+                f"them as special tokens, or choose markers from the vocabulary (--think_open/--think_close)."
+            )
+        if init not in THINK_TOKEN_INITS:
+            raise ValueError(f"think_token_init must be one of {THINK_TOKEN_INITS}, got {init!r}")
+        sources = {
+            marker: tokenizer.encode(text or marker, add_special_tokens=False)
+            for marker, text in zip((open_marker, close_marker), init_texts) if marker in missing
+        }
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=init == "mean")
+        if init == "text":
+            _init_rows_from_text(model, {tokenizer.convert_tokens_to_ids(m): ids for m, ids in sources.items()})
+    open_ids = tokenizer.encode(open_marker, add_special_tokens=False)
+    close_ids = tokenizer.encode(close_marker, add_special_tokens=False)
+    return open_ids, close_ids[0], model
+
+
+@torch.no_grad()
+def _init_rows_from_text(model, rows: dict[int, list[int]]) -> None:
+    """Set embedding row `new` (input, and output when untied) to the mean of the rows `ids`, for each item."""
+    weights = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not weights[0]:
+        weights.append(output.weight)
+    for weight in weights:
+        for new, ids in rows.items():
+            weight[new] = weight[ids].float().mean(0).to(weight.dtype)
+    bias = getattr(output, "bias", None)
+    if bias is not None:
+        for new, ids in rows.items():
+            bias[new] = bias[ids].float().mean().to(bias.dtype)
 
 
 def text_marker_ids(tokenizer, open_marker: str, close_marker: str) -> tuple[list[int], list[int]]:

@@ -18,6 +18,16 @@ def pad_rows(rows: list[list[int]], pad_id: int, device, side: str = "left") -> 
     return ids, mask
 
 
+def mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from an attention mask: 0, 1, ... over each row's real tokens (pads get 0).
+
+    Left-padded rows must be run at the positions they were sampled at. Rotary models (Llama, Qwen) are nearly
+    indifferent to a uniform shift, but absolute-position models (GPT-2, OPT) are not, and `transformers` counts
+    positions from the first column when no `position_ids` are passed.
+    """
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def score_last_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_tokens: int, batch_size: int) -> torch.Tensor:
     """log p(input_ids[:, -k:] | everything before) for left-padded rows, at temperature 1; returns `[N, k]`.
@@ -27,8 +37,7 @@ def score_last_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     out = []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=num_tokens + 1).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask), logits_to_keep=num_tokens + 1).logits
         logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         out.append(logps.gather(-1, ids[:, -num_tokens:].unsqueeze(-1)).squeeze(-1))
     return torch.cat(out)
@@ -80,9 +89,8 @@ def score_sequence_ends(
         ]
         keep = sorted({first + j for _, _, first in wanted for j in range(num_tokens)})
         column = {p: c for c, p in enumerate(keep)}
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions,
+            input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask),
             logits_to_keep=torch.tensor(keep, device=device),
         ).logits
         logps = torch.log_softmax(logits.float(), -1)

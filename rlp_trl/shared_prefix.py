@@ -5,10 +5,29 @@ context share their prompt, so here each distinct prompt (minus its last token) 
 is indexed out to the rows, and the rows run only their last prompt token + completion on top of it. Autograd sums
 the G rows' gradients into the one prompt pass, so log-probs, entropies and gradients are those of the full pass (same
 positions, masks and fused LM head) up to float rounding; the prompt costs 1/G of the compute and activations.
+
+Both passes (and `padded_logps`, the plain pass used when nothing is shared) run every row at the positions its tokens
+were sampled at (`mask_positions`): left padding does not shift an absolute-position model (GPT-2, OPT).
 """
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from .scoring import mask_positions
+
+
+def padded_logps(model, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast):
+    """Log-probs (and entropies) of the last `logits_to_keep` tokens of each row with one full forward: TRL's
+    text-only `_get_per_token_logps_and_entropies` chunk, plus position ids from the attention mask."""
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :-logits_to_keep] = -100
+    with autocast():
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=mask_positions(attention_mask),
+            labels=labels, fused_lm_head=True,
+        )
+    entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
+    return out.log_probs[:, -logits_to_keep:], entropy
 
 
 def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast):
@@ -28,10 +47,11 @@ def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_k
     unique, rows = torch.unique(head, dim=0, return_inverse=True)
     if unique.size(0) == input_ids.size(0):  # no prompt appears twice
         return None
+    unique_mask = unique[:, prompt_len - 1 :]
     with autocast():
         prefix = unwrapped(
-            input_ids=unique[:, : prompt_len - 1], attention_mask=unique[:, prompt_len - 1 :], use_cache=True,
-            logits_to_keep=1,
+            input_ids=unique[:, : prompt_len - 1], attention_mask=unique_mask, position_ids=mask_positions(unique_mask),
+            use_cache=True, logits_to_keep=1,
         )
     cache = prefix.past_key_values
     if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
@@ -42,7 +62,8 @@ def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_k
     labels[:, 0] = -100
     with autocast():
         out = model(
-            input_ids=tail, attention_mask=attention_mask, past_key_values=cache, labels=labels, fused_lm_head=True
+            input_ids=tail, attention_mask=attention_mask, position_ids=mask_positions(attention_mask)[:, prompt_len - 1 :],
+            past_key_values=cache, labels=labels, fused_lm_head=True,
         )
     entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
     return out.log_probs[:, -logits_to_keep:], entropy

@@ -26,8 +26,8 @@ from trl.trainer.utils import pad
 from .config import RLPConfig
 from .data import build_position_dataset
 from .generation import PrefixSharedGenerationMixin
-from .loss import clipped_thought_loss
-from .markers import split_thought_text, text_marker_ids
+from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE, action_mask, clipped_thought_loss
+from .markers import markers_missing, prepare_think_markers, split_thought_text, text_marker_ids
 from .resilience import ResilienceMixin, ensure_pad_token, staged_checkpoint
 from .rewards import group_advantages, information_gain, prefix_match_reward
 from .scoring import pad_rows, score_last_tokens, score_sequence_ends
@@ -35,30 +35,12 @@ from .surprise import make_position_scorer
 from .teacher import build_teacher
 
 
-def prepare_think_markers(tokenizer, model, open_marker: str, close_marker: str, add_tokens: bool):
-    """Return (open_ids, close_id), adding markers that are not single tokens as special tokens if allowed.
-
-    `model` may be a model name (then it is loaded here when embeddings must grow) or a model; returns the model too.
-    """
-    missing = [m for m in (open_marker, close_marker) if len(tokenizer.encode(m, add_special_tokens=False)) != 1]
-    if missing:
-        if not add_tokens:
-            raise ValueError(
-                f"Think markers {missing} are not single tokens of this tokenizer. Pass --add_think_tokens true to add "
-                f"them as special tokens, or choose markers from the vocabulary (--think_open/--think_close)."
-            )
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-        if isinstance(model, str):
-            raise RuntimeError("internal: load the model before adding think tokens")
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    open_ids = tokenizer.encode(open_marker, add_special_tokens=False)
-    close_ids = tokenizer.encode(close_marker, add_special_tokens=False)
-    return open_ids, close_ids[0], model
-
-
-def _markers_missing(tokenizer, *markers: str) -> bool:
-    return any(len(tokenizer.encode(m, add_special_tokens=False)) != 1 for m in markers)
+def disable_attention_dropout(model) -> None:
+    """Zero the attention dropout that models keep as a float rather than an `nn.Dropout` (Llama, Qwen, Mistral:
+    `self.attention_dropout`); TRL's `disable_dropout_in_model` only reaches `nn.Dropout` modules."""
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
 
 
 def info_gain(*args, **kwargs):
@@ -127,8 +109,8 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model_id, padding_side="left", trust_remote_code=args.trust_remote_code)
         ensure_pad_token(processing_class)  # pad = EOS when missing; a clear error without EOS (rlp_trl.resilience)
-        text_markers = args.think_markers_as_text and _markers_missing(processing_class, args.think_open, args.think_close)
-        grow = _markers_missing(processing_class, args.think_open, args.think_close) and args.add_think_tokens and not text_markers
+        text_markers = args.think_markers_as_text and markers_missing(processing_class, args.think_open, args.think_close)
+        grow = markers_missing(processing_class, args.think_open, args.think_close) and args.add_think_tokens and not text_markers
         if isinstance(model, str) and (grow or args.position_strategy == "surprising"):
             # The embeddings must grow before GRPOTrainer wraps the model (PEFT, DeepSpeed), so load it here; the
             # `surprising` positions need it too (one pass over the corpus with the initial model = the teacher).
@@ -143,7 +125,8 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             self.think_close_id = None
         else:
             self.think_open_ids, self.think_close_id, model = prepare_think_markers(
-                processing_class, model, args.think_open, args.think_close, args.add_think_tokens
+                processing_class, model, args.think_open, args.think_close, args.add_think_tokens,
+                init=args.think_token_init, init_texts=(args.think_open_init, args.think_close_init),
             )
             self.think_close_ids = [self.think_close_id]
         if args.use_vllm:  # vLLM SamplingParams: stop on the close marker, at least min_thought_tokens (Alg. 1, l. 7)
@@ -171,6 +154,8 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             peft_config=peft_config,
             quantization_config=quantization_config if isinstance(model, str) else None,
         )
+        if args.disable_dropout:  # TRL zeroed the nn.Dropout modules; the reward is a log-likelihood: no noise in it
+            disable_attention_dropout(self.model)
         # Generation stops on the close marker as on EOS. TRL reads generation settings once at init
         # (trl#2820, #3425), so the HF-generate config is rebuilt here with the extra stop id.
         if self.think_close_id is not None and self.think_close_id not in self.eos_token_ids:
@@ -211,15 +196,18 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         return [list(p) for p in prompts], None, {}
 
     # ------------------------------------------------------------------ rollouts and reward
-    def _split_thought(self, sampled: list[int]) -> tuple[list[int], bool]:
-        """Thought = sampled tokens before the first stop token (close marker or EOS); flag if none was sampled."""
+    def _split_thought(self, sampled: list[int]) -> tuple[list[int], str]:
+        """Thought = sampled tokens before the first stop token (close marker or EOS), and how it ended
+        (`rlp_trl.loss`: the sampled close marker, another stop, or the length limit)."""
         if self.think_markers_text:
             decode = lambda ids: self._tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
-            return split_thought_text(sampled, self._stop_ids, self.args.think_close, self.think_close_ids, decode)
+            thought, cut = split_thought_text(sampled, self._stop_ids, self.args.think_close, self.think_close_ids, decode)
+            written = sampled[len(thought) : len(thought) + len(self.think_close_ids)] == self.think_close_ids
+            return thought, LENGTH_LIMIT if cut else SAMPLED_CLOSE if written else OTHER_STOP
         for i, tok in enumerate(sampled):
             if tok in self._stop_ids:
-                return sampled[:i], False
-        return sampled, True
+                return sampled[:i], SAMPLED_CLOSE if tok == self.think_close_id else OTHER_STOP
+        return sampled, LENGTH_LIMIT
 
     @property
     def _stop_ids(self) -> set[int]:
@@ -247,11 +235,13 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         sample = self._last_sample
 
         # completion = thought + </think> + true next token(s); only the thought enters the loss
-        thoughts, truncated = zip(*(self._split_thought(list(s)) for s in sampled_list))
+        thoughts, ends = zip(*(self._split_thought(list(s)) for s in sampled_list))
+        truncated = [end == LENGTH_LIMIT for end in ends]
         completions = [t + self.think_close_ids + y for t, y in zip(thoughts, targets)]
-        thought_masks = [
-            [0 if (cut and self.args.truncated_thoughts == "mask") else 1] * len(t) + [0] * (len(self.think_close_ids) + horizon)
-            for t, cut in zip(thoughts, truncated)
+        thought_masks = [  # the action: the thought and, when the policy sampled it, its close marker
+            action_mask(len(t), end, len(self.think_close_ids), horizon, close_in_loss=self.args.think_close_in_loss,
+                        mask_thought=end == LENGTH_LIMIT and self.args.truncated_thoughts == "mask")
+            for t, end in zip(thoughts, ends)
         ]
         to_tensor = lambda rows, value, side, dtype=torch.long: pad(  # noqa: E731
             [torch.tensor(r, dtype=dtype) for r in rows], padding_value=value, padding_side=side
@@ -315,16 +305,19 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             output["old_per_token_logps"] = old_per_token_logps
         if is_correction and sampling_logps_list is not None:
             output["importance_sampling_ratio"] = self._vllm_is_ratio(
-                old_per_token_logps, sampling_logps_list, thoughts, loss_mask
+                old_per_token_logps, sampling_logps_list, thought_masks, loss_mask
             )
         all_gains = all_rewards if gains is rewards else self.accelerator.gather(gains)
-        self._log_rlp(mode, inputs, thoughts, truncated, reasoned, baseline, all_gains, all_advantages)
+        self._log_rlp(mode, inputs, thoughts, ends, reasoned, baseline, all_gains, all_advantages)
         self._metrics[mode]["rlp/reward_mean"].append(all_rewards.mean().item())
         return output
 
-    def _vllm_is_ratio(self, old_per_token_logps, sampling_logps_list, thoughts, mask):
-        """Importance weights pi_theta_old / pi_vLLM on thought tokens (TRL's truncate/mask modes, token or sequence)."""
-        rows = [[float("nan") if v is None else v for v in lp[: len(t)]] for lp, t in zip(sampling_logps_list, thoughts)]
+    def _vllm_is_ratio(self, old_per_token_logps, sampling_logps_list, action_masks, mask):
+        """Importance weights pi_theta_old / pi_vLLM on the action's tokens (TRL's truncate/mask modes, token or
+        sequence). The sampled tokens (thought, then its stop token) line up with the completion's first tokens."""
+        rows = [
+            [float("nan") if v is None else v for v in lp[: sum(m)]] for lp, m in zip(sampling_logps_list, action_masks)
+        ]
         width = old_per_token_logps.size(1)
         sampling = torch.tensor([r + [0.0] * (width - len(r)) for r in rows], device=old_per_token_logps.device)
         diff = torch.nan_to_num((old_per_token_logps - sampling) * mask, nan=0.0)
@@ -337,12 +330,13 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             return ratio.clamp(min=low, max=high)
         return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
-    def _log_rlp(self, mode, inputs, thoughts, truncated, reasoned, baseline, all_rewards, all_advantages):
+    def _log_rlp(self, mode, inputs, thoughts, ends, reasoned, baseline, all_rewards, all_advantages):
         gather = self.accelerator.gather
         metrics = self._metrics[mode]
         device = reasoned.device
         lengths = gather(torch.tensor([len(t) for t in thoughts], device=device, dtype=torch.float32))
-        cut = gather(torch.tensor(truncated, device=device, dtype=torch.float32))
+        cut = gather(torch.tensor([e == LENGTH_LIMIT for e in ends], device=device, dtype=torch.float32))
+        closed = gather(torch.tensor([e == SAMPLED_CLOSE for e in ends], device=device, dtype=torch.float32))
         reasoned_all, baseline_all = gather(reasoned.sum(-1)), gather(baseline.sum(-1))
         metrics["rlp/info_gain_mean"].append(all_rewards.mean().item())
         metrics["rlp/info_gain_std"].append(all_rewards.std().item() if all_rewards.numel() > 1 else 0.0)
@@ -352,6 +346,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         metrics["rlp/thought_length_mean"].append(lengths.mean().item())
         metrics["rlp/thought_length_max"].append(lengths.max().item())
         metrics["rlp/thought_truncated_frac"].append(cut.mean().item())
+        metrics["rlp/thought_closed_frac"].append(closed.mean().item())  # ended by a sampled close marker
         metrics["rlp/advantage_abs_mean"].append(all_advantages.abs().mean().item())
         metrics["rlp/teacher_updates"].append(float(self.teacher.num_updates))
         # what log_completions shows: the context tail, the thought, the true next token(s), the reward

@@ -229,8 +229,10 @@ def test_text_marker_found_however_it_is_tokenized(plain_tokenizer):
 
 # ---------------------------------------------------------------------------------------------- thoughts and windows
 def test_zero_length_and_unclosed_thoughts(tiny_model_dir, tmp_path, tiny_docs):
-    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=1, truncated_thoughts="mask"),
-                         train_dataset=tiny_docs)
+    # think_close_in_loss=False: an immediately sampled </think> would otherwise be a one-token action
+    # (tests/test_thinking.py); here nothing at all should reach the loss
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=1, truncated_thoughts="mask",
+                                                          think_close_in_loss=False), train_dataset=tiny_docs)
     original = trainer._generate
     limit = trainer.args.max_completion_length
     filler = trainer.processing_class.encode(" the", add_special_tokens=False)[0]

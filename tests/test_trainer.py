@@ -43,6 +43,14 @@ def capture(trainer) -> list[dict]:
     """Record every generation batch: the inputs, the output dict, the weights that produced it, the logged rewards."""
     records = []
     original = trainer._generate_and_score_completions
+    split, ends = trainer._split_thought, []
+
+    def split_and_record(sampled):
+        thought, end = split(sampled)
+        ends.append(end)
+        return thought, end
+
+    trainer._split_thought = split_and_record
 
     def wrapped(inputs):
         record = {
@@ -53,8 +61,10 @@ def capture(trainer) -> list[dict]:
             "policy": _state(_unwrap(trainer)),
             "inputs": [dict(x) for x in inputs],
         }
+        ends.clear()
         output = original(inputs)
         n = len(inputs)
+        record["ends"] = list(ends)  # how each thought ended: "close" (sampled), "stop" (EOS), "limit"
         record["output"] = {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in output.items()}
         record["teacher"] = _state(trainer.teacher.module)
         record["rewards"] = list(trainer._logs["rewards"]["info_gain"])[-n:]
@@ -81,7 +91,7 @@ def rows_of(record, trainer):
         rows.append(dict(
             prompt=prompt, thought=thought, close=closing, target=target, tool_mask=out["tool_mask"][i].tolist(),
             completion_mask=completion_mask, context=list(x["context_ids"]), target_ids=list(x["target_ids"]),
-            input_prompt=list(x["prompt"]),
+            input_prompt=list(x["prompt"]), end=record["ends"][i],
         ))
         assert closing == close
     return rows
@@ -284,13 +294,14 @@ def test_thoughts_are_sampled_and_well_formed(run):
     assert len(lengths) > 1  # sampled, not identical
 
 
-def test_tool_mask_covers_exactly_the_thought_tokens(run):
+def test_tool_mask_covers_exactly_the_action(run):
     trainer, horizon = run["trainer"], run["trainer"].args.reward_horizon
     for record in run["records"]:
         width = record["output"]["completion_ids"].size(1)
         for r in rows_of(record, trainer):
-            n = len(r["thought"])
-            assert r["tool_mask"] == [1] * n + [0] * (width - n)  # not </think>, not the target(s), not padding
+            n, close = len(r["thought"]), int(r["end"] == "close")
+            # the thought and a sampled </think>; not a written </think>, not the target(s), not padding
+            assert r["tool_mask"] == [1] * n + [close] + [0] * (width - n - 1)
             assert r["completion_mask"][: n + 1 + horizon] == [1] * (n + 1 + horizon)
         assert record["output"]["num_items_in_batch"].item() == record["output"]["tool_mask"].sum().item()
 
@@ -370,7 +381,7 @@ def test_truncated_thoughts(tiny_model_dir, tmp_path, tiny_docs, mode):
             assert len(r["thought"]) == limit
             assert r["tool_mask"] == ([1] * limit if mode == "close" else [0] * limit) + [0] * (width - limit)
         else:
-            assert len(r["thought"]) == 2 and r["tool_mask"] == [1, 1] + [0] * (width - 2)
+            assert len(r["thought"]) == 2 and r["tool_mask"] == [1, 1, 1] + [0] * (width - 3)  # + the sampled close
         assert math.isfinite(record["rewards"][i])
     m = record["metrics"]
     assert m["rlp/thought_truncated_frac"] == 0.5
@@ -407,8 +418,8 @@ def test_reward_horizon_two(tiny_model_dir, tmp_path, tiny_docs):
         width = record["output"]["completion_ids"].size(1)
         for r in rows_of(record, trainer):
             assert len(r["target"]) == 2 and r["target"] == r["target_ids"]
-            n = len(r["thought"])
-            assert r["tool_mask"] == [1] * n + [0] * (width - n)  # </think> and both targets excluded
+            n, close = len(r["thought"]), int(r["end"] == "close")
+            assert r["tool_mask"] == [1] * n + [close] + [0] * (width - n - 1)  # both targets excluded
     # discounted 2-token gains (teacher = policy at step 1, so this is independent of the teacher-forward bug)
     check_rewards_against_plain_recomputation(trainer, records[0], tiny_model_dir)
     for h in trainer.state.log_history[:-1]:

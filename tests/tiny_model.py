@@ -105,3 +105,19 @@ def build_tiny_model(out_dir: str, seed: int = 0) -> str:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_gpt2(out_dir: str, dropout: float = 0.0, seed: int = 0) -> str:
+    """A tiny random GPT-2 (absolute learned positions, dropout `dropout` in its config) with the same tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = _train_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=2, n_head=4,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
