@@ -172,3 +172,28 @@ def test_added_marker_rows_start_from_their_init_text(tmp_path):
     tok2, model2 = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
     prepare_think_markers(tok2, model2, "<reason>", "</reason>", True, "text", ("<", " ("))
     torch.testing.assert_close(model2.get_input_embeddings().weight, emb)
+
+
+# ---------------------------------------------------------------------------------------------- the demo's summary
+def test_window_stats_pools_the_spread():
+    from rlp_trl.cli import window_stats
+
+    history = [
+        {"rlp/info_gain_mean": -1.0, "rlp/info_gain_std": 1.0, "rlp/thought_closed_frac": 0.5, "rlp/thought_truncated_frac": 0.25},
+        {"rlp/info_gain_mean": 1.0, "rlp/info_gain_std": 1.0, "rlp/thought_closed_frac": 1.0, "rlp/thought_truncated_frac": 0.0},
+    ]
+    s = window_stats(history, rollouts_per_step=8)
+    assert s["gain"] == 0.0 and abs(s["gain_sd"] - 2**0.5) < 1e-12  # within-step var 1 + between-step var 1
+    assert s["closed"] == 0.75 and s["truncated"] == 0.125 and s["rollouts"] == 16
+
+
+def test_summary_says_whether_thinking_is_learning(tiny_model_dir, tmp_path, tiny_docs):
+    from rlp_trl.cli import summarize
+
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=4), train_dataset=tiny_docs)
+    trainer.train()
+    text = summarize(trainer)
+    history = [h for h in trainer.state.log_history if "rlp/info_gain_mean" in h]
+    assert "is thinking learning? first 1 step(s) -> last 1 step(s), over 8 rollouts each" in text
+    assert f"{history[0]['rlp/info_gain_mean']:+.2f} (sd" in text and f"{history[-1]['rlp/info_gain_mean']:+.2f} (sd" in text
+    assert "closed by </think>" in text and "docs/learning_curve.md" in text
