@@ -410,6 +410,10 @@ def sweep_shapes(base: dict, grid: dict) -> list[tuple[str, dict]]:
 
 
 def plot_sweep(sweep: list[dict], path: str) -> None:
+    from rlp_trl._extras import missing
+
+    if missing("matplotlib", "plots", "--plot"):
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -109,6 +109,10 @@ def table(report: dict, bench: dict, budget: dict) -> str:
 
 def plot(report: dict, bench: dict, path: str) -> None:
     """Held-out NLLs per model, paired differences against the base model, benchmark accuracies (all with 95% CIs)."""
+    from rlp_trl._extras import missing
+
+    if missing("matplotlib", "plots", "compare.png"):
+        return
     import matplotlib
 
     matplotlib.use("Agg")

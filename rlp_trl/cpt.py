@@ -221,7 +221,10 @@ def _has_accelerator() -> bool:
 
 def cli() -> int:
     """Console-script entry point (`rlp-cpt`): the exit status, not the budget (`sys.exit(report)` would exit 1)."""
-    main()
+    from ._extras import exit_on_missing_extra
+
+    with exit_on_missing_extra():
+        main()
     return 0
 
 

@@ -431,6 +431,10 @@ def format_table(report: dict) -> str:
 
 def plot_eval(report: dict, path: str) -> None:
     """Left: NLLs with 95% CIs per model. Right: distribution of the per-position information gain."""
+    from ._extras import missing as missing_extra
+
+    if missing_extra("matplotlib", "plots", "eval.png"):  # the JSON report is written; the plot is optional
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -525,10 +525,8 @@ def content_fingerprint(dataset) -> str | None:
             h.update(str(n).encode())
             if n:
                 picks = sorted({round(i * (n - 1) / max(1, CONTENT_ROWS - 1)) for i in range(min(n, CONTENT_ROWS))})
-                rows = dataset.select(picks)
-                for column in columns:
-                    if column in rows.column_names:
-                        h.update(json.dumps(rows[column]).encode())
+                for row in dataset.select(picks):
+                    h.update(json.dumps([row.get(c) for c in columns], default=str).encode())
         elif isinstance(dataset, IterableDataset):
             for _, row in zip(range(8), dataset):
                 h.update(json.dumps([row.get(c) for c in columns], default=str).encode())

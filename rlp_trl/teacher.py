@@ -400,8 +400,12 @@ class ZeRO3EMATeacher(EMATeacher):
     def _build(self, model: nn.Module) -> None:
         import deepspeed
         from transformers import initialization as hf_init
-        from transformers.integrations.deepspeed import prevent_arange_dtype_change
         from transformers.modeling_utils import local_torch_dtype, set_zero3_state
+
+        try:  # transformers >= 5.23; before, its own ZeRO-3 loading had no such guard (the buffers are copied below)
+            from transformers.integrations.deepspeed import prevent_arange_dtype_change
+        except ImportError:
+            prevent_arange_dtype_change = contextlib.nullcontext
 
         dtype = self.dtype or next(p.dtype for p in model.parameters() if p.is_floating_point())
         config = copy.deepcopy(model.config)

@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
+from ._trl_compat import check_trl_compat
 from .config import RLPConfig
 from .data import build_position_dataset
 from .generation import PrefixSharedGenerationMixin
@@ -154,6 +155,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             peft_config=peft_config,
             quantization_config=quantization_config if isinstance(model, str) else None,
         )
+        check_trl_compat(self)  # the private GRPOTrainer attributes RLP relies on exist (rlp_trl/_trl_compat.py)
         if args.disable_dropout:  # TRL zeroed the nn.Dropout modules; the reward is a log-likelihood: no noise in it
             disable_attention_dropout(self.model)
         # Generation stops on the close marker as on EOS. TRL reads generation settings once at init

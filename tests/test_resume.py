@@ -257,3 +257,92 @@ def test_sigterm_to_a_training_process_then_resume(tiny_model_dir, tmp_path):
     resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == step + 1 and resumed.teacher.num_updates == step + 1
     assert resumed.interrupted is None
+
+
+# ---------------------------------------------------------------------------------------------- issue 14: content
+def _copy_run(reference, tmp_path, steps=(1, 2, 3, 4)):
+    import shutil
+
+    out = tmp_path / "run"
+    for step in steps:
+        shutil.copytree(os.path.join(reference["out"], f"checkpoint-{step}"), out / f"checkpoint-{step}")
+    return out
+
+
+def _same_size_garbage(path, offset=None):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if offset is None:
+            f.write(b"\x00\xff" * (size // 2) + b"\x00" * (size % 2))
+        else:  # a few flipped bytes in the middle (e.g. tensor data turned into NaNs)
+            f.seek(offset)
+            f.write(b"\xff\xff\xff\xff" * 4)
+    assert os.path.getsize(path) == size
+
+
+def test_same_size_corruption_falls_back_to_a_verifying_checkpoint(reference, tmp_path, caplog):
+    out = _copy_run(reference, tmp_path)
+    _same_size_garbage(out / "checkpoint-4" / "rlp_teacher.safetensors", offset=os.path.getsize(
+        out / "checkpoint-4" / "rlp_teacher.safetensors") // 2)
+    _same_size_garbage(out / "checkpoint-3" / "trainer_state.json")
+    _same_size_garbage(out / "checkpoint-2" / "rng_state.pth")
+    assert "rlp_teacher.safetensors does not match its sha256" in checkpoint_problem(str(out / "checkpoint-4"))
+    caplog.set_level("WARNING")
+    assert resolve_resume_checkpoint("auto", str(out)) == str(out / "checkpoint-1")
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for step, name in ((4, "rlp_teacher.safetensors"), (3, "trainer_state.json"), (2, "rng_state.pth")):
+        assert f"not resuming from {out / f'checkpoint-{step}'}: {name}" in warned
+    assert "falling back to checkpoint-1" in warned
+    with pytest.raises(ValueError, match=r"checkpoint-3: trainer_state.json does not match its sha256"):
+        resolve_resume_checkpoint(str(out / "checkpoint-3"), str(out))
+
+
+def test_garbage_state_files_without_hashes_are_named_not_crashes(reference, tmp_path):
+    """Markers without hashes (older rlp_trl) or no marker at all: garbage JSON / torch files are still caught by
+    parsing, named, and skipped, instead of a bare JSONDecodeError / UnpicklingError at load time."""
+    out = _copy_run(reference, tmp_path, steps=(1, 2, 3))
+    for step in (1, 2, 3):  # rewrite the markers as sizes only, as rlp_trl wrote them before
+        marker = out / f"checkpoint-{step}" / COMPLETE_MARKER
+        data = json.load(open(marker))
+        data["files"] = {k: v["size"] for k, v in data["files"].items()}
+        marker.write_text(json.dumps(data))
+    _same_size_garbage(out / "checkpoint-3" / "rlp_teacher.json")
+    _same_size_garbage(out / "checkpoint-2" / "rng_state.pth")
+    assert "rlp_teacher.json is not valid JSON" in checkpoint_problem(str(out / "checkpoint-3"))
+    assert "rng_state.pth is not a readable torch file" in checkpoint_problem(str(out / "checkpoint-2"))
+    assert resolve_resume_checkpoint(True, str(out)) == str(out / "checkpoint-1")
+    os.remove(out / "checkpoint-3" / COMPLETE_MARKER)  # no marker, named explicitly: parsed, then refused by name
+    with pytest.raises(ValueError, match=r"checkpoint-3: rlp_teacher.json is not valid JSON"):
+        resolve_resume_checkpoint(str(out / "checkpoint-3"), str(out))
+
+
+# ---------------------------------------------------------------------------------------------- issue 14: finished
+@pytest.mark.parametrize("mode", ["auto", "true", "path"])
+def test_resuming_a_finished_run_is_a_no_op(reference, tiny_model_dir, tmp_path, mode, capsys):
+    out = _copy_run(reference, tmp_path, steps=(3, 4))
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, output_dir=str(out), save_strategy="steps",
+                                                          save_steps=1, **EXACT),
+                         train_dataset=Dataset.from_dict({"text": tiny_corpus(40)}))
+    before = _params(trainer.model)
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-4") if mode == "path" else mode)
+    assert trainer.already_finished == 4 and trainer.state.global_step == 4
+    assert "already at max_steps 4" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["checkpoint-3", "checkpoint-4"]  # no checkpoint-5, nothing rewritten
+    assert _same(_params(trainer.model), before)
+
+
+# ---------------------------------------------------------------------------------------------- issue 14: mismatch
+@pytest.mark.parametrize("change", ["corpus", "learning_rate"])
+def test_resume_refuses_another_corpus_or_an_ignored_setting(reference, tiny_model_dir, tmp_path, change, caplog):
+    docs = tiny_corpus(40, seed=5) if change == "corpus" else tiny_corpus(40)  # same row count, other documents
+    settings = {**EXACT, "learning_rate": 1e-4} if change == "learning_rate" else EXACT
+    checkpoint = os.path.join(reference["out"], "checkpoint-2")
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, **settings), train_dataset=Dataset.from_dict({"text": docs}))
+    expected = "the training data differs .content fingerprint" if change == "corpus" else "learning_rate was 0.001, now 0.0001"
+    with pytest.raises(ValueError, match=rf"refusing to resume: resuming from .*checkpoint-2: {expected}"):
+        trainer.train(resume_from_checkpoint=checkpoint)
+    assert trainer.state.global_step == 2 or trainer.state.global_step == 0  # nothing trained
+    warned = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, resume_mismatch="warn", **settings),
+                        train_dataset=Dataset.from_dict({"text": docs}))
+    warned.train(resume_from_checkpoint=checkpoint)
+    assert warned.state.global_step == 4 and any("WARNING, resuming from" in r.getMessage() for r in caplog.records)
