@@ -17,6 +17,7 @@ from datasets import load_dataset, load_from_disk
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from .config import RLPConfig
+from .data import is_json_lines, read_json_lines
 from .trainer import RLPTrainer
 
 LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -32,12 +33,19 @@ class RLPScriptArguments(ScriptArguments):
     )
 
 
-def load_documents(name: str, config: str | None = None, split: str = "train", streaming: bool = False):
-    """Load a corpus from the Hub or from local files. `.txt` files are split into documents at blank lines."""
+def load_documents(
+    name: str, config: str | None = None, split: str = "train", streaming: bool = False, text_field: str | None = None
+):
+    """Load a corpus from the Hub or from local files. `.txt` files are split into documents at blank lines.
+
+    With `text_field` (training), a JSON-lines file is read line by line (`rlp_trl.data.read_json_lines`): a line
+    that is not UTF-8, not valid JSON or holds a broken escape is a counted skip, not a failed load."""
     if os.path.isfile(name):
         ext = os.path.splitext(name)[1].lower()
         if ext not in LOCAL_FORMATS:
             raise ValueError(f"Unsupported file type {ext!r} for {name}; use one of {sorted(LOCAL_FORMATS)}")
+        if text_field is not None and ext in (".jsonl", ".json") and is_json_lines(name):
+            return read_json_lines(name, text_field, streaming=streaming)
         extra = {"sample_by": "paragraph"} if ext == ".txt" else {}
         return load_dataset(LOCAL_FORMATS[ext], data_files=name, split="train", streaming=streaming, **extra)
     if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_info.json")):
@@ -98,7 +106,8 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
     training_args.model_init_kwargs = model_init_kwargs
 
     dataset = load_documents(
-        script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split, script_args.dataset_streaming
+        script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split, script_args.dataset_streaming,
+        text_field=training_args.dataset_text_field,
     )
     trainer = RLPTrainer(
         model=model_args.model_name_or_path,
@@ -112,6 +121,9 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
     if trainer.interrupted:  # SIGTERM/SIGINT: a complete checkpoint was saved; not a finished run, no final model
         trainer.accelerator.print(f"[rlp_trl] interrupted by {trainer.interrupted}; resume with --resume_from_checkpoint true")
         raise SystemExit(128 + int(getattr(signal, trainer.interrupted)))
+    if trainer.already_finished is not None:  # resumed a finished run: nothing trained, its final model stays as is
+        trainer.end()
+        return trainer
     if trainer.already_finished is not None:  # resumed a finished run: nothing trained, its final model stays as is
         trainer.end()
         return trainer

@@ -11,14 +11,24 @@ surrogates), or too short for one position are skipped and counted (`PositionSta
 (counted as `windowed`), which caps the tokenization cost and memory of pathological rows.
 """
 
+import hashlib
+import json
+import logging
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from datasets import Dataset, IterableDataset
+from datasets import Dataset, Features, IterableDataset, Value
 
-SKIP_REASONS = ("not_a_string", "empty", "tokenizer_error", "too_short")
-_WORK_COLUMNS = ["_doc_ids", "_skip", "_len", "_windowed"]
+# reasons a row is skipped: by the JSON-lines reader (`read_json_lines`), then by `build_position_dataset`
+READ_REASONS = ("not_utf8", "lone_surrogate", "invalid_json", "not_an_object", "no_text_field")
+SKIP_REASONS = (*READ_REASONS, "not_a_string", "empty", "tokenizer_error", "too_short")
+READ_ERROR_COLUMN, LINE_COLUMN = "rlp_read_error", "rlp_line"  # written by the reader, consumed by _tokenize
+_WORK_COLUMNS = ["_doc_ids", "_skip", "_len", "_windowed", "_where"]
+EXAMPLE_ROWS = 5  # row (line) numbers kept per skip reason
+
+logger = logging.getLogger("rlp_trl.data")
 
 
 @dataclass
@@ -29,9 +39,14 @@ class PositionStats:
     positions: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     windowed: int | None = None  # documents longer than max_document_chars, cut to a window (kept, not skipped)
+    examples: dict[str, list[int]] = field(default_factory=dict)  # first row numbers per reason (file lines if known)
 
     def summary(self) -> str:
-        skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
+        def where(reason):
+            rows = self.examples.get(reason)
+            return f" (rows {', '.join(map(str, rows))}{', ...' if self.skipped[reason] > len(rows) else ''})" if rows else ""
+
+        skipped = ", ".join(f"{k}={v}{where(k)}" for k, v in sorted(self.skipped.items())) or "none"
         windowed = f"; {self.windowed} over max_document_chars windowed" if self.windowed else ""
         return f"{self.documents} documents -> {self.positions} positions (skipped: {skipped}){windowed}"
 
@@ -100,6 +115,8 @@ def _tokenize(batch, indices, tokenizer, text_field, bos_ids, max_chars, seed):
             f"The dataset has no text column {text_field!r}; its columns are {sorted(batch)}. "
             f"Pass --dataset_text_field with one of them."
         )
+    read_errors = batch.get(READ_ERROR_COLUMN) or [None] * len(indices)
+    where = batch.get(LINE_COLUMN) or list(indices)
     texts, windowed = [], []
     for text, index in zip(batch[text_field], indices):
         cut = isinstance(text, str) and max_chars > 0 and len(text) > max_chars
@@ -113,16 +130,16 @@ def _tokenize(batch, indices, tokenizer, text_field, bos_ids, max_chars, seed):
         encoded = _encode_each(tokenizer, kept)
     encoded = iter(encoded)
     ids, reasons, lengths = [], [], []
-    for text, ok in zip(texts, valid):
+    for text, ok, read_error in zip(texts, valid, read_errors):
         doc = next(encoded) if ok else None
         if doc is not None:
             ids.append(bos_ids + doc)
             reasons.append("")
         else:
             ids.append([])
-            reasons.append("tokenizer_error" if ok else "not_a_string" if not isinstance(text, str) else "empty")
+            reasons.append(read_error or ("tokenizer_error" if ok else "not_a_string" if not isinstance(text, str) else "empty"))
         lengths.append(len(ids[-1]))
-    return {"_doc_ids": ids, "_skip": reasons, "_len": lengths, "_windowed": windowed}
+    return {"_doc_ids": ids, "_skip": reasons, "_len": lengths, "_windowed": windowed, "_where": list(where)}
 
 
 def _positions(batch, indices, *, open_ids, max_context, min_context, horizon, k, strategy, seed):
@@ -195,6 +212,9 @@ def build_position_dataset(
         reasons = ["too_short" if r == "" and n < min_tokens else r for r, n in zip(tokenized["_skip"], lengths)]
         stats.documents = len(reasons)
         stats.skipped = {k: v for k, v in Counter(reasons).items() if k}
+        for reason, row in zip(reasons, tokenized["_where"]):
+            if reason and len(stats.examples.setdefault(reason, [])) < EXAMPLE_ROWS:
+                stats.examples[reason].append(row)
         stats.windowed = sum(tokenized["_windowed"])
     positions = tokenized.map(
         _positions, batched=True, with_indices=True, fn_kwargs=positions_kwargs, remove_columns=work_columns
@@ -208,3 +228,100 @@ def build_position_dataset(
                 f"check --dataset_text_field ({text_field!r})."
             )
     return positions, stats
+
+
+# ---------------------------------------------------------------------------------------------- JSON-lines files
+def _decode_line(raw: bytes, number: int, text_field: str) -> tuple[str | None, str | None]:
+    """(text, skip reason) of one line of a JSON-lines file."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not_utf8"
+    if number == 1:
+        line = line.lstrip("\ufeff")
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None, "invalid_json"
+    if not isinstance(row, dict):
+        return None, "not_an_object"
+    if text_field not in row:
+        return None, "no_text_field"
+    text = row[text_field]
+    if not isinstance(text, str):
+        return None, "not_a_string"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone UTF-16 surrogate from a broken \uXXXX escape: Arrow cannot hold it
+        return None, "lone_surrogate"
+    return text, None
+
+
+def _json_rows(path: str, text_field: str, signature: str = ""):
+    """Every non-blank line of `path` as {text, read error, line number}; bad lines are kept as skips (counted by
+    `build_position_dataset`, and logged here with their line numbers: the only account a stream gets)."""
+    counts, shown = Counter(), Counter()
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                raw = raw.rstrip(b"\r\n")
+                if not raw.strip():
+                    continue
+                text, reason = _decode_line(raw, number, text_field)
+                if reason:
+                    counts[reason] += 1
+                    if shown[reason] < EXAMPLE_ROWS:
+                        shown[reason] += 1
+                        logger.warning(f"[rlp_trl] {path}:{number}: skipped ({reason})")
+                yield {text_field: text, READ_ERROR_COLUMN: reason, LINE_COLUMN: number}
+    except OSError as err:
+        raise OSError(f"Cannot read the corpus file {path}: {err.strerror or err}") from err
+    if counts:
+        logger.warning(f"[rlp_trl] {path}: skipped " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+def _file_signature(path: str) -> str:
+    """Identifies the file's content for the datasets cache: size, mtime and a hash of its first and last MB."""
+    st = os.stat(path)
+    h = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def is_json_lines(path: str) -> bool:
+    """A .jsonl file, or a .json file that is not one JSON array / object spanning lines."""
+    if path.lower().endswith(".jsonl"):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(1 << 16).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        return False
+    first = head.split(b"\n", 1)[0]
+    try:
+        json.loads(first)
+    except ValueError:
+        return False  # e.g. a pretty-printed object over many lines
+    return True
+
+
+def read_json_lines(path: str, text_field: str = "text", streaming: bool = False) -> Dataset | IterableDataset:
+    """A JSON-lines corpus, read line by line so that one bad line is one skipped row, not a failed load.
+
+    Lines that are not UTF-8, not valid JSON, not an object, lack `text_field`, hold a non-string, or hold a lone
+    surrogate (a broken `\\ud800` escape) become rows with a skip reason; `build_position_dataset` counts them with
+    their line numbers (map-style) and the reader logs the first ones per reason (map-style and streaming). Only a
+    file that cannot be read is an error, naming the file. Columns: `text_field`, `rlp_read_error`, `rlp_line`.
+    """
+    try:
+        signature = _file_signature(path)
+    except OSError as err:
+        raise OSError(f"Cannot read the corpus file {path}: {err.strerror or err}") from err
+    features = Features({text_field: Value("string"), READ_ERROR_COLUMN: Value("string"), LINE_COLUMN: Value("int64")})
+    kwargs = {"path": path, "text_field": text_field, "signature": signature}
+    if streaming:
+        return IterableDataset.from_generator(_json_rows, features=features, gen_kwargs=kwargs)
+    return Dataset.from_generator(_json_rows, features=features, gen_kwargs=kwargs)

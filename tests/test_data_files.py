@@ -1,0 +1,83 @@
+"""Bad rows in corpus files (issue 14, fault 6): one bad line of a .jsonl is one skipped, counted row (with its reason
+and line number), in map-style and streaming datasets; only an unreadable file is an error, and it names the file."""
+
+import json
+import logging
+
+import pytest
+from transformers import AutoTokenizer
+
+from rlp_trl import cli
+from rlp_trl.data import build_position_dataset, read_json_lines
+from tiny_model import THINK_OPEN, tiny_corpus
+
+GOOD = tiny_corpus(6, seed=3)
+
+
+def bad_jsonl(path):
+    """Good documents on lines 1, 3, 5, 7, 9, 11; a bad one of each kind in between."""
+    bad = [
+        b'{"text": "caf\xe9 au lait: Latin-1 bytes, not UTF-8"}',  # line 2: not_utf8
+        b'{"text": "a broken escape \\ud800 leaves a lone surrogate"}',  # line 4: lone_surrogate
+        b'{"text": "an unterminated line',  # line 6: invalid_json
+        b'{"text": 12345}',  # line 8: not_a_string
+        b'["not", "an", "object"]',  # line 10: not_an_object
+    ]
+    lines = []
+    for i, doc in enumerate(GOOD):
+        lines.append(json.dumps({"text": doc, "meta": {"i": i}}).encode())
+        if i < len(bad):
+            lines.append(bad[i])
+    path.write_bytes(b"\n".join(lines) + b"\n\n")  # a trailing blank line is not a row
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_bad_lines_are_skipped_and_counted_with_their_line_numbers(tmp_path, tokenizer, caplog):
+    path = bad_jsonl(tmp_path / "docs.jsonl")
+    docs = cli.load_documents(path, text_field="text")
+    rows, stats = build_position_dataset(docs, tokenizer, open_ids=tokenizer.encode(THINK_OPEN), min_context_tokens=4)
+    assert stats.documents == 11 and stats.positions == len(rows) == 6
+    assert stats.skipped == {"not_utf8": 1, "lone_surrogate": 1, "invalid_json": 1, "not_a_string": 1, "not_an_object": 1}
+    assert stats.examples == {"not_utf8": [2], "lone_surrogate": [4], "invalid_json": [6], "not_a_string": [8],
+                              "not_an_object": [10]}
+    assert "invalid_json=1 (rows 6)" in stats.summary() and "not_utf8=1 (rows 2)" in stats.summary()
+    assert sorted(rows["doc_index"]) == [0, 2, 4, 6, 8, 10]  # the good lines
+
+
+def test_bad_lines_in_a_stream_are_skipped_and_logged(tmp_path, tokenizer, caplog):
+    path = bad_jsonl(tmp_path / "docs.jsonl")
+    stream = cli.load_documents(path, streaming=True, text_field="text")
+    rows, _ = build_position_dataset(stream, tokenizer, open_ids=tokenizer.encode(THINK_OPEN), min_context_tokens=4)
+    with caplog.at_level(logging.WARNING, logger="rlp_trl.data"):
+        got = list(rows)
+    assert sorted(r["doc_index"] for r in got) == [0, 2, 4, 6, 8, 10]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for line, reason in ((2, "not_utf8"), (4, "lone_surrogate"), (6, "invalid_json"), (8, "not_a_string")):
+        assert f"docs.jsonl:{line}: skipped ({reason})" in logged
+    assert "skipped invalid_json=1, lone_surrogate=1, not_a_string=1, not_an_object=1, not_utf8=1" in logged
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
+def test_training_on_a_file_with_bad_lines(tiny_model_dir, tmp_path, streaming, capsys):
+    path = bad_jsonl(tmp_path / "docs.jsonl")
+    argv = ["--model_name_or_path", tiny_model_dir, "--dataset_name", path, "--output_dir", str(tmp_path / "out"),
+            "--use_cpu", "true", "--bf16", "false", "--report_to", "none", "--disable_tqdm", "true", "--max_steps", "1",
+            "--num_generations", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "4",
+            "--max_context_tokens", "32", "--min_context_tokens", "4", "--save_strategy", "no", "--seed", "0",
+            "--gradient_checkpointing", "false", "--dataset_streaming", str(streaming).lower()]
+    trainer = cli.main(argv)
+    assert trainer.state.global_step == 1
+    if not streaming:
+        assert "not_utf8=1 (rows 2)" in capsys.readouterr().out
+
+
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path):
+    folder = tmp_path / "corpus.jsonl"
+    folder.mkdir()  # exists, cannot be read as a file
+    with pytest.raises(OSError, match=r"Cannot read the corpus file .*corpus.jsonl"):
+        read_json_lines(str(folder))
