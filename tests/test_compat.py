@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
