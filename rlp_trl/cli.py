@@ -53,17 +53,40 @@ def load_documents(
     return load_dataset(name, name=config, split=split, streaming=streaming)
 
 
+def window_stats(history: list[dict], rollouts_per_step: int) -> dict:
+    """Mean information gain with its spread over the rollouts of some logged steps (pooled: within-step variance
+    plus the variance of the step means), and the mean closing / truncation rates."""
+    k = len(history)
+    means = [h["rlp/info_gain_mean"] for h in history]
+    mean = sum(means) / k
+    var = sum(h["rlp/info_gain_std"] ** 2 for h in history) / k + sum((m - mean) ** 2 for m in means) / k
+    return {
+        "gain": mean, "gain_sd": var**0.5, "rollouts": k * rollouts_per_step,
+        "closed": sum(h.get("rlp/thought_closed_frac", 0.0) for h in history) / k,
+        "truncated": sum(h["rlp/thought_truncated_frac"] for h in history) / k,
+    }
+
+
 def summarize(trainer: RLPTrainer) -> str:
     """A short, newcomer-readable account of the run: information gain first/last, one sample, where things are."""
     history = [h for h in trainer.state.log_history if "rlp/info_gain_mean" in h]
     out = trainer.args.output_dir
     lines = ["", "=" * 78, "RLP run summary", "=" * 78]
     if history:
-        first, last = history[0], history[-1]
-        lines.append(
-            f"information gain (nats, mean over rollouts): step {first['step']}: {first['rlp/info_gain_mean']:+.4f}  ->  "
-            f"step {last['step']}: {last['rlp/info_gain_mean']:+.4f}   (positive at {last['rlp/positive_gain_frac']:.0%} of rollouts)"
-        )
+        n = max(1, len(history) // 4)  # first and last quarter of the steps
+        a = trainer.args
+        per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * trainer.accelerator.num_processes
+        head, tail = window_stats(history[:n], per_step), window_stats(history[-n:], per_step)
+        lines += [
+            f"is thinking learning? first {n} step(s) -> last {n} step(s), over {head['rollouts']} rollouts each:",
+            f"  information gain (nats)   : {head['gain']:+.2f} (sd {head['gain_sd']:.2f})  ->  "
+            f"{tail['gain']:+.2f} (sd {tail['gain_sd']:.2f})",
+            f"  thoughts closed by </think>: {head['closed']:.0%}  ->  {tail['closed']:.0%}   "
+            f"(ran to the length limit: {head['truncated']:.0%} -> {tail['truncated']:.0%})",
+            "  A short run cannot tell (a step's gains spread by about the sd above). The measured answer, held out and",
+            "  paired against the base model over an hour of training: docs/learning_curve.md "
+            "(python benchmarks/learning_curve.py).",
+        ]
     logs = trainer._logs
     if logs["prompt"]:
         i = max(range(len(logs["prompt"])), key=lambda j: logs["rewards"]["info_gain"][j])
@@ -121,9 +144,6 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
     if trainer.interrupted:  # SIGTERM/SIGINT: a complete checkpoint was saved; not a finished run, no final model
         trainer.accelerator.print(f"[rlp_trl] interrupted by {trainer.interrupted}; resume with --resume_from_checkpoint true")
         raise SystemExit(128 + int(getattr(signal, trainer.interrupted)))
-    if trainer.already_finished is not None:  # resumed a finished run: nothing trained, its final model stays as is
-        trainer.end()
-        return trainer
     if trainer.already_finished is not None:  # resumed a finished run: nothing trained, its final model stays as is
         trainer.end()
         return trainer

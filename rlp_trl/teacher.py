@@ -27,6 +27,7 @@ every backend, so a teacher saved under ZeRO-2 resumes under ZeRO-3 and vice ver
 
 import contextlib
 import copy
+import functools
 import json
 import os
 
@@ -533,8 +534,9 @@ class AdapterEMATeacher:
         params = dict(model.named_parameters())
         pairs = []
         for name, theta in params.items():
-            if src in name:
-                teacher_name = name.replace(src, dst)
+            dotted = name + "."  # LoRA weights are `...lora_A.default.weight`, trainable tokens `...delta.default`
+            if src in dotted:
+                teacher_name = dotted.replace(src, dst)[:-1]
                 if teacher_name not in params:
                     raise ValueError(f"adapter parameter {name} has no {self.adapter_name!r} counterpart")
                 pairs.append((teacher_name, params[teacher_name], theta))
@@ -591,15 +593,17 @@ class AdapterEMATeacher:
 
     @contextlib.contextmanager
     def hidden_from_saving(self, model: nn.Module):
-        """Hide the teacher adapter from `PeftModel.save_pretrained` (the Trainer's model saves): outputs hold the
-        trained adapter only, and the EMA goes to `rlp_teacher.safetensors` in checkpoints. (Saved by PEFT under ZeRO-3,
-        the second adapter's folder would even hold the trained adapter's weights.)"""
-        config = model.peft_config.pop(self.adapter_name, None)
+        """Keep the teacher adapter out of `PeftModel.save_pretrained` (the Trainer's model saves): outputs hold the
+        trained adapter only, and the EMA goes to `rlp_teacher.safetensors` in checkpoints. PEFT saves every adapter in
+        `peft_config` unless told which (`selected_adapters`), and filters the others' tensors out by that same list
+        (so removing the teacher from `peft_config` would leave its tensors in the trained adapter's file)."""
+        model.save_pretrained = functools.partial(
+            type(model).save_pretrained, model, selected_adapters=[self.source_adapter]
+        )
         try:
             yield
         finally:
-            if config is not None:
-                model.peft_config[self.adapter_name] = config
+            del model.save_pretrained
 
     def named_state_tensors(self):
         yield from (self.shadow or {}).items()

@@ -197,3 +197,27 @@ def test_summary_says_whether_thinking_is_learning(tiny_model_dir, tmp_path, tin
     assert "is thinking learning? first 1 step(s) -> last 1 step(s), over 8 rollouts each" in text
     assert f"{history[0]['rlp/info_gain_mean']:+.2f} (sd" in text and f"{history[-1]['rlp/info_gain_mean']:+.2f} (sd" in text
     assert "closed by </think>" in text and "docs/learning_curve.md" in text
+
+
+# ---------------------------------------------------------------------------------------------- LoRA outputs
+def test_lora_output_holds_the_trained_adapter_only_and_reloads(tiny_model_dir, tmp_path, tiny_docs):
+    """Markers missing from the vocabulary + LoRA: the saved folder has the trained adapter (and the resized
+    embeddings it needs), not the `rlp_ema` teacher adapter, and `AutoPeftModelForCausalLM` reloads it exactly."""
+    from peft import AutoPeftModelForCausalLM, LoraConfig
+    from safetensors import safe_open
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = tiny_config(tmp_path, max_steps=1, think_open="<reason>", think_close="</reason>")
+    trainer = RLPTrainer(tiny_model_dir, args=args, train_dataset=tiny_docs, peft_config=lora)
+    trainer.train()
+    out = str(tmp_path / "final")
+    trainer.save_model(out)
+    with safe_open(f"{out}/adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and not [k for k in keys if "rlp_ema" in k]
+    assert any("embed_tokens" in k for k in keys)  # the base lacks the marker rows: PEFT saves the resized matrix
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(out).eval()
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    ids = torch.tensor([trainer.processing_class.encode("The sum of 3 and 4<reason> is</reason> 7")])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
