@@ -7,7 +7,8 @@ logging and checkpointing. What this class changes:
 * data: documents are turned into positions (`rlp_trl.data`); a prompt is a token-id context plus `<think>`;
 * `_generate_and_score_completions`: a completion is the sampled thought, then `</think>` and the true next
   token(s) under teacher forcing; the reward is the information gain (eq. 5) against the EMA teacher, the
-  advantage is eq. 7, and only thought tokens enter the loss (through the per-token `tool_mask`);
+  advantage is eq. 7, and only the action (the thought and a `</think>` the policy sampled, `loss.action_mask`)
+  enters the loss (through the per-token `tool_mask`);
 * `_compute_loss`: the clipped surrogate of eq. 8 (`rlp_trl.loss.clipped_thought_loss`);
 * the EMA teacher: lazily built, updated after every optimizer step, saved and restored with checkpoints.
 """
@@ -236,9 +237,8 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             self._forced_suffixes = None
         sample = self._last_sample
 
-        # completion = thought + </think> + true next token(s); only the thought enters the loss
+        # completion = thought + </think> + true next token(s); the action (thought, sampled </think>) enters the loss
         thoughts, ends = zip(*(self._split_thought(list(s)) for s in sampled_list))
-        truncated = [end == LENGTH_LIMIT for end in ends]
         completions = [t + self.think_close_ids + y for t, y in zip(thoughts, targets)]
         thought_masks = [  # the action: the thought and, when the policy sampled it, its close marker
             action_mask(len(t), end, len(self.think_close_ids), horizon, close_in_loss=self.args.think_close_in_loss,
