@@ -38,6 +38,8 @@ TINY_DEFAULTS = dict(
     disable_tqdm=True,
     dataloader_num_workers=0,
 )
+if os.environ.get("RLP_TEST_CUDA") == "1":  # benchmarks/gpu_check.sh: the same tests on the GPU, in bf16
+    TINY_DEFAULTS.update(use_cpu=False, bf16=True)
 
 
 def tiny_config(tmp_path, **overrides):

@@ -239,6 +239,8 @@ def _train(tiny_model_dir, out, docs, resume=None, **overrides):
 def test_trains_end_to_end_through_trl(tiny_model_dir, tmp_path, tiny_docs, overrides):
     trainer = _train(tiny_model_dir, tmp_path, tiny_docs, **overrides)
     args = trainer.args
+    cuda = os.environ.get("RLP_TEST_CUDA") == "1"  # benchmarks/gpu_check.sh
+    assert trainer.model.device.type == ("cuda" if cuda else "cpu") and args.bf16 == cuda
     logs = [h for h in trainer.state.log_history if "rlp/info_gain_mean" in h]
     # one generation (logged rewards) per steps_per_generation * num_iterations micro-batches
     generations = -(-args.max_steps * args.gradient_accumulation_steps // (args.steps_per_generation * args.num_iterations))
