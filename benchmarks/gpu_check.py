@@ -2,9 +2,10 @@
 
     python benchmarks/gpu_check.py prepare DIR     # CPU machine: download/build the wheels + assets into DIR
     python benchmarks/gpu_check.py select DIR      # GPU machine: the wheels of DIR to install (see below)
-    python benchmarks/gpu_check.py verify [--cuda] # every requirement of rlp_trl, trl, datasets, deepspeed satisfied?
+    python benchmarks/gpu_check.py verify [--cuda] # every requirement of rlp_trl and the carried packages met?
     python benchmarks/gpu_check.py plan DIR        # CPU dry run: the same check against the GPU image's package list
     python benchmarks/gpu_check.py make-model SPEC OUT  # random:<hidden>x<layers> (or tiny) saved as a model folder
+    accelerate launch ... benchmarks/gpu_check.py zero2 FLAGS  # rlp-train, recording backend/steps/memory (zero2.json)
 
 The GPU image (docs/scaling.md: torch 2.11 + CUDA, transformers 5.17, accelerate 1.15, peft; no trl, datasets,
 deepspeed; no network) gets, from DIR: ALWAYS (absent there) and FALLBACK wheels, the latter installed only when the
@@ -26,9 +27,9 @@ PY_TAGS = ["--python-version", "3.12", "--implementation", "cp", "--abi", "cp312
 ]
 # what the GPU image lacks (KINDS.md's package list, 2026-11): installed always
 ALWAYS = ["trl==1.16.0", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "hjson==3.1.0",
-          "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.7.0", "typing-inspection==0.4.2"]
+          "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0", "typing-inspection==0.4.5"]
 # there, at a version nobody has read: installed only where the image's does not satisfy the carried requirements
-FALLBACK = ["pyarrow==24.0.0", "fsspec==2026.9.0", "peft==0.21.2", "typing-extensions==4.15.0"]
+FALLBACK = ["pyarrow==24.0.0", "fsspec==2026.9.0", "peft==0.21.2", "typing-extensions==4.16.0"]
 BUILT = ["deepspeed==0.19.8"]  # sdist only: `pip wheel` here (pure Python; CUDA ops are JIT-built on first use)
 # The GPU image as read (versions where known; None = present, version not read). For `plan`.
 IMAGE = {
@@ -43,7 +44,6 @@ IMAGE = {
 # rlp_trl requirements deliberately not carried: bitsandbytes (~60 MB of CUDA builds) is only imported for 4-bit/8-bit
 # loading, which the check does not do
 NOT_CARRIED = {"bitsandbytes"}
-TOP = ["trl", "datasets", "deepspeed"]  # carried packages whose requirements must all hold
 ASSETS = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
 
 
@@ -71,14 +71,18 @@ def rlp_requirements() -> list[str]:
 
 
 def requirements(wheels: dict, env: dict) -> list:
-    """Requirements (packaging objects) of rlp_trl and the carried TOP packages, markers evaluated for `env`."""
+    """Requirements (packaging objects) of rlp_trl and the carried packages, markers evaluated for `env`."""
     from packaging.requirements import Requirement
 
     reqs = [Requirement(r) for r in rlp_requirements()]
-    for name in TOP:
+    for name in _always():
         if name in wheels:
             reqs += [Requirement(r) for r in wheels[name][2]]
     return [r for r in reqs if r.marker is None or r.marker.evaluate(env)]
+
+
+def _always() -> list[str]:
+    return [norm(s.split("==")[0]) for s in ALWAYS + BUILT]
 
 
 def carried(directory: Path) -> dict:
@@ -88,7 +92,7 @@ def carried(directory: Path) -> dict:
 def choose(wheels: dict, have: dict, env: dict) -> tuple[list[str], list[str]]:
     """(wheel files to install, notes): ALWAYS/BUILT wheels, and FALLBACK ones the image does not satisfy."""
     reqs = requirements(wheels, env)
-    always = {norm(s.split("==")[0]) for s in ALWAYS + BUILT}
+    always = set(_always())
     chosen, notes = [], []
     for name, (version, path, _) in wheels.items():
         specs = [r.specifier for r in reqs if norm(r.name) == name]
@@ -173,7 +177,7 @@ def cmd_plan(directory: Path) -> None:
     print("would install:", " ".join(sorted(chosen)))
     if problems:
         raise SystemExit("the GPU image + carried wheels would lack:\n  " + "\n  ".join(problems))
-    print("plan ok: every requirement of rlp_trl, trl, datasets, deepspeed is met by the image or the carried wheels")
+    print("plan ok: every requirement of rlp_trl and the carried packages is met by the image or the carried wheels")
 
 
 def cmd_verify(cuda: bool) -> None:
@@ -182,7 +186,7 @@ def cmd_verify(cuda: bool) -> None:
 
     have = installed()
     reqs = [Requirement(r) for r in rlp_requirements()]
-    for name in TOP:
+    for name in _always():
         reqs += [Requirement(r) for r in (requires(name) or [])]
     reqs = [r for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})]
     problems = check(reqs, have, {})
@@ -231,6 +235,59 @@ def cmd_make_model(spec: str, out: str) -> None:
     print(f"{spec}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters -> {out}")
 
 
+def cmd_zero2(argv: list[str]) -> None:
+    """`accelerate launch ... gpu_check.py zero2 <rlp-train flags>`: rlp_trl.cli.main, recording the backend, the
+    step times and the peak memory into $OUT/zero2.json."""
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    sys.path.insert(0, str(ROOT))
+    from rlp_trl import cli
+    from rlp_trl.trainer import RLPTrainer
+
+    steps = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            steps.append(time.perf_counter() - self.t0)
+
+    train = RLPTrainer.train
+
+    def timed_train(self, *args, **kwargs):
+        self.add_callback(StepTimes())
+        return train(self, *args, **kwargs)
+
+    RLPTrainer.train = timed_train
+    trainer = cli.main(argv)
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    report = {
+        "deepspeed": trainer.is_deepspeed_enabled, "zero_stage": plugin.zero_stage if plugin else None,
+        "world_size": trainer.accelerator.num_processes, "teacher": type(trainer.teacher).__name__,
+        "parameters_b": sum(p.numel() for p in model.parameters()) / 1e9, "bf16": trainer.args.bf16,
+        "step_s": steps, "global_step": trainer.state.global_step,
+        "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "max_memory_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "metrics": [h for h in trainer.state.log_history if "rlp/info_gain_mean" in h],
+    }
+    print(json.dumps({k: v for k, v in report.items() if k != "metrics"}))
+    out = os.environ.get("OUT")
+    if out and trainer.accelerator.is_main_process:
+        Path(out, "zero2.json").write_text(json.dumps(report, indent=1))
+    if not (report["deepspeed"] and report["zero_stage"] == 2 and report["global_step"] == 2):
+        raise SystemExit(f"expected 2 steps under DeepSpeed ZeRO-2, got {report}")
+
+
 if __name__ == "__main__":
     verb, *rest = sys.argv[1:] or ["help"]
     if verb == "prepare":
@@ -241,6 +298,8 @@ if __name__ == "__main__":
         cmd_plan(Path(rest[0]))
     elif verb == "verify":
         cmd_verify("--cuda" in rest)
+    elif verb == "zero2":
+        cmd_zero2(rest)
     elif verb == "make-model":
         cmd_make_model(rest[0], rest[1])
     else:

@@ -12,7 +12,7 @@
 #   2. speed: benchmarks/step_cost.py --models random:2048x24 (a random ~1.2B Llama), RLP against plain GRPO
 #   3. scale: 2 RLP steps of the same model under DeepSpeed ZeRO-2 on the one GPU (accelerate, peak memory sampled)
 # Results go to $OUT when set (else outputs/gpu_check/): gpu_check.log, summary.json, versions.json, step_cost.json,
-# zero2_memory.csv. Exit status 0 only if every step passed.
+# zero2.json (backend, step times, peak memory), zero2_memory.csv (nvidia-smi samples). Exit 0 only if all passed.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -25,7 +25,7 @@ case "${1:-}" in
 esac
 PY=${PY:-python3}
 WHEELS=${GPU_WHEELS:-$ROOT/.gpu_wheels}
-OUT=${OUT:-$ROOT/outputs/gpu_check}
+export OUT=${OUT:-$ROOT/outputs/gpu_check}
 WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/rlp_gpu_check}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
@@ -117,7 +117,7 @@ if [ "$MODE" = gpu ] && command -v nvidia-smi >/dev/null; then
     SAMPLER=$!
 fi
 export MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29517}
-run_step zero2 "${LIMITS[2]}" "$PY" -m accelerate.commands.launch "${LAUNCH[@]}" examples/train_rlp.py \
+run_step zero2 "${LIMITS[2]}" "$PY" -m accelerate.commands.launch "${LAUNCH[@]}" benchmarks/gpu_check.py zero2 \
     --model_name_or_path "$WORK/model" --dataset_name "$CORPUS" --output_dir "$WORK/zero2" --max_steps 2 \
     --logging_steps 1 --save_strategy no --report_to none --gradient_checkpointing false --disable_tqdm true \
     --seed 0 "${TRAIN[@]}"
