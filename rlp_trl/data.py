@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, Features, IterableDataset, Value
 
+from .usage import UsageError
+
 # reasons a row is skipped: by the JSON-lines reader (`read_json_lines`), then by `build_position_dataset`
 READ_REASONS = ("not_utf8", "lone_surrogate", "invalid_json", "not_an_object", "no_text_field")
 SKIP_REASONS = (*READ_REASONS, "not_a_string", "empty", "tokenizer_error", "too_short")
@@ -81,7 +83,7 @@ def sample_positions(
 def _text_only(source, text_field):
     for example in source:
         if text_field not in example:
-            raise ValueError(
+            raise UsageError(
                 f"The dataset has no text column {text_field!r}; its columns are {sorted(example)}. "
                 f"Pass --dataset_text_field with one of them."
             )
@@ -111,7 +113,7 @@ def _encode_each(tokenizer, texts):
 
 def _tokenize(batch, indices, tokenizer, text_field, bos_ids, max_chars, seed):
     if text_field not in batch:
-        raise ValueError(
+        raise UsageError(
             f"The dataset has no text column {text_field!r}; its columns are {sorted(batch)}. "
             f"Pass --dataset_text_field with one of them."
         )
@@ -183,7 +185,7 @@ def build_position_dataset(
         dataset = IterableDataset.from_generator(_text_only, gen_kwargs={"source": dataset, "text_field": text_field})
     columns = dataset.column_names or [text_field]
     if columns is not None and text_field not in columns:
-        raise ValueError(
+        raise UsageError(
             f"The dataset has no text column {text_field!r}; its columns are {columns}. "
             f"Pass --dataset_text_field with one of them."
         )
@@ -222,12 +224,25 @@ def build_position_dataset(
     if isinstance(positions, Dataset):
         stats.positions = len(positions)
         if stats.positions == 0:
-            raise ValueError(
-                f"No usable positions: {stats.summary()}. Each document needs at least min_context_tokens "
-                f"({min_context_tokens}) + reward_horizon ({reward_horizon}) tokens; lower --min_context_tokens or "
-                f"check --dataset_text_field ({text_field!r})."
-            )
+            raise UsageError(f"No usable positions: {stats.summary()}. {_no_positions_fix(stats, text_field, min_tokens)}")
     return positions, stats
+
+
+def _no_positions_fix(stats: PositionStats, text_field: str, min_tokens: int) -> str:
+    """What to change when no document gave a position, from why they were skipped."""
+    reasons = stats.skipped
+    if not stats.documents:
+        return "The corpus has no documents: the file or folder is empty (a .txt file holds documents separated by blank lines)."
+    if reasons.get("too_short"):
+        return (f"Each document needs at least min_context_tokens + reward_horizon = {min_tokens} tokens: lower "
+                f"--min_context_tokens, or use longer documents (a .txt file is split at blank lines: join the lines "
+                f"of one document).")
+    if reasons.get("no_text_field"):
+        return f"The rows have no field {text_field!r}: pass --dataset_text_field with the column that holds the text."
+    if set(reasons) <= {"empty", "not_a_string"}:
+        return (f"Every document in column {text_field!r} is empty, whitespace-only or not a string: check the file's "
+                f"content, or pass --dataset_text_field with the column that holds the text.")
+    return f"Every row was skipped ({', '.join(sorted(reasons))}): fix the file's rows (see the counts and row numbers)."
 
 
 # ---------------------------------------------------------------------------------------------- JSON-lines files

@@ -23,6 +23,8 @@ from collections.abc import Callable, Collection
 
 import torch
 
+from .usage import UsageError
+
 THINK_TOKEN_INITS = ("text", "mean")
 
 
@@ -43,7 +45,7 @@ def prepare_think_markers(tokenizer, model, open_marker: str, close_marker: str,
     missing = [m for m in (open_marker, close_marker) if markers_missing(tokenizer, m)]
     if missing:
         if not add_tokens:
-            raise ValueError(
+            raise UsageError(
                 f"Think markers {missing} are not single tokens of this tokenizer. Pass --add_think_tokens true to add "
                 f"them as special tokens, or choose markers from the vocabulary (--think_open/--think_close)."
             )

@@ -55,6 +55,7 @@ from transformers.utils import logging
 
 from .config import NONFINITE_MODES
 from .lock import OutputDirLock, OutputDirLockedError  # noqa: F401  (re-exported)
+from .usage import UsageError
 
 logger = logging.get_logger("rlp_trl")
 
@@ -89,7 +90,7 @@ def ensure_pad_token(tokenizer) -> None:
     safe. An EOS token is required: TRL ends completions on it, and RLP adds the think-close marker to that set.
     """
     if tokenizer.eos_token is None:
-        raise ValueError(
+        raise UsageError(
             "The tokenizer has no EOS token. RLP (through TRL) stops generation on EOS and the think-close marker; set "
             "one before building the trainer, e.g. tokenizer.add_special_tokens({'eos_token': '<|endoftext|>'}) "
             "(and resize the model's embeddings if the token is new)."
@@ -349,7 +350,7 @@ def resolve_resume_checkpoint(value, output_dir: str) -> str | None:
             logger.warning(f"[rlp_trl] not resuming from {bad}: {reason}; {instead}")
         if path is None and keyword != "auto":
             detail = "; skipped: " + "; ".join(f"{p} ({r})" for p, r in skipped.items()) if skipped else ""
-            raise ValueError(f"resume_from_checkpoint={value!r}: no complete checkpoint in {output_dir}{detail}")
+            raise UsageError(f"resume_from_checkpoint={value!r}: no complete checkpoint in {output_dir}{detail}")
         if path is not None:
             logger.warning(f"[rlp_trl] resuming from {path}")
         elif skipped:
@@ -369,7 +370,7 @@ def resolve_resume_checkpoint(value, output_dir: str) -> str | None:
         problem = parse
     newest, _ = last_complete_checkpoint(os.path.dirname(os.path.abspath(path)))
     hint = f" The newest complete checkpoint next to it is {newest}." if newest else ""
-    raise ValueError(f"Cannot resume from {path}: {problem}.{hint}")
+    raise UsageError(f"Cannot resume from {path}: {problem}.{hint}")
 
 
 def finished_at(checkpoint: str, args) -> int | None:
@@ -953,7 +954,7 @@ def check_stream_nonempty(dataset, needed: int = 1) -> None:
         return
     found = sum(1 for _ in zip(range(needed), dataset))
     if found < needed:
-        raise ValueError(
+        raise UsageError(
             f"The streaming training dataset yields no usable positions for a full batch ({found} found, one generation "
             f"batch needs {needed} contexts): its documents are empty, not strings, or shorter than "
             f"min_context_tokens + reward_horizon tokens (or the stream is empty)."

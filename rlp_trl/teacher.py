@@ -36,6 +36,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .usage import UsageError
+
 TEACHER_WEIGHTS = "rlp_teacher.safetensors"
 TEACHER_STATE = "rlp_teacher.json"
 EMA_ADAPTER = "rlp_ema"
@@ -656,7 +658,7 @@ def build_teacher(model: nn.Module, args, accelerator):
     dtype = torch.float32 if args.teacher_dtype == "float32" else None
     state = accelerator.state
     if state.distributed_type == DistributedType.FSDP:
-        raise ValueError(
+        raise UsageError(
             "RLPTrainer: FSDP is not supported by the EMA teacher (FSDP parameters are flat shards that a teacher "
             "cannot be copied from). Use DeepSpeed ZeRO-3, which shards the policy and the teacher alike: "
             "accelerate launch --config_file examples/accelerate_configs/deepspeed_zero3.yaml ... (docs/scaling.md)."
@@ -664,7 +666,7 @@ def build_teacher(model: nn.Module, args, accelerator):
     zero_stage = state.deepspeed_plugin.zero_stage if state.distributed_type == DistributedType.DEEPSPEED else None
     if is_peft_model(model):
         if args.teacher_device == "cpu":
-            raise ValueError(
+            raise UsageError(
                 "RLPConfig: teacher_device='cpu' cannot be served with PEFT: the teacher is an EMA of the adapter "
                 f"(a second adapter {EMA_ADAPTER!r} on the shared base), adapter-sized and living next to the base "
                 "weights. Drop --teacher_device cpu (use 'auto'), or train without --use_peft for a full teacher."

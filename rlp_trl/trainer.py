@@ -35,6 +35,7 @@ from .rewards import group_advantages, information_gain, prefix_match_reward
 from .scoring import pad_rows, score_last_tokens, score_sequence_ends
 from .surprise import make_position_scorer
 from .teacher import build_teacher
+from .window import fit_context_window
 
 
 def disable_attention_dropout(model) -> None:
@@ -113,6 +114,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         ensure_pad_token(processing_class)  # pad = EOS when missing; a clear error without EOS (rlp_trl.resilience)
         text_markers = args.think_markers_as_text and markers_missing(processing_class, args.think_open, args.think_close)
         grow = markers_missing(processing_class, args.think_open, args.think_close) and args.add_think_tokens and not text_markers
+        loaded_here = False
         if isinstance(model, str) and (grow or args.position_strategy == "surprising"):
             # The embeddings must grow before GRPOTrainer wraps the model (PEFT, DeepSpeed), so load it here; the
             # `surprising` positions need it too (one pass over the corpus with the initial model = the teacher).
@@ -121,6 +123,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
                 init_kwargs["quantization_config"] = quantization_config
             init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+            loaded_here = True  # model_init_kwargs applied: GRPOTrainer must not warn that they are ignored
         self.think_markers_text = text_markers
         if text_markers:  # plain multi-token markers, vocabulary unchanged; thoughts are cut post hoc (rlp_trl.markers)
             self.think_open_ids, self.think_close_ids = text_marker_ids(processing_class, args.think_open, args.think_close)
@@ -136,6 +139,8 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             args.generation_kwargs = {**(args.generation_kwargs or {}), **stop, "min_tokens": args.min_thought_tokens}
 
         self.position_stats = None
+        # the default context shrinks to the model's window; an impossible explicit one fails before tokenizing
+        fit_context_window(model, args, len(self.think_open_ids), len(self.think_close_ids))
         scorer = None
         if args.position_strategy == "surprising":
             scorer = make_position_scorer(model, args.max_context_tokens, processing_class.pad_token_id)
@@ -144,6 +149,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         if eval_dataset is not None:
             eval_dataset = self._to_positions(eval_dataset, processing_class, args, scorer)
 
+        model_init_kwargs, args.model_init_kwargs = args.model_init_kwargs, None if loaded_here else args.model_init_kwargs
         super().__init__(
             model=model,
             reward_funcs=[info_gain],
@@ -156,6 +162,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             peft_config=peft_config,
             quantization_config=quantization_config if isinstance(model, str) else None,
         )
+        args.model_init_kwargs = model_init_kwargs
         check_trl_compat(self)  # the private GRPOTrainer attributes RLP relies on exist (rlp_trl/_trl_compat.py)
         if args.disable_dropout:  # TRL zeroed the nn.Dropout modules; the reward is a log-likelihood: no noise in it
             disable_attention_dropout(self.model)
