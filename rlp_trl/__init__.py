@@ -1,5 +1,6 @@
 """rlp_trl: RLP ("RLP: Reinforcement as a Pretraining Objective", arXiv 2510.01265) as a TRL add-on."""
 
+from . import _quiet  # noqa: F401  (library messages that are not the user's business; rlp_trl/_quiet.py)
 from ._trl_compat import check_trl_compat
 
 check_trl_compat()  # TRL/transformers have the private members RLPTrainer uses, else a clear error naming the range

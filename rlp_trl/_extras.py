@@ -73,8 +73,11 @@ def missing(module: str, extra: str | None = None, purpose: str | None = None) -
 
 @contextlib.contextmanager
 def exit_on_missing_extra():
-    """Console scripts: a missing extra ends the program with its one-line message (exit status 1), no traceback."""
+    """A missing extra ends the program with its one-line message `<prog>: error: ...` (exit status 2, as for every
+    user error of the console scripts: `rlp_trl.usage.run_cli`), no traceback."""
     try:
         yield
     except MissingExtraError as e:
-        raise SystemExit(f"error: {e}") from None
+        from .usage import prog_name, report
+
+        raise SystemExit(report(prog_name("rlp_trl"), e)) from None

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ._extras import exit_on_missing_extra, require
+from ._extras import require
 from .eval import load_with_markers, sample_thoughts, split_thought, wilson_ci
 from .scoring import pad_rows
 
@@ -249,7 +249,7 @@ def run_lm_eval(cmd: list[str]) -> int:
 class BenchArguments:
     """Arguments of `rlp-bench` (every field is a flag; `--config file.yaml` also works)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Checkpoint (default: embedded SmolLM2-135M)."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Checkpoint: a model or LoRA output folder, or a Hub name (default: the embedded SmolLM2-135M-Instruct)."})
     compare_to: str | None = field(default=None, metadata={"help": "Optional second checkpoint, same problems."})
     tasks: str = field(
         default="basic_arithmetic,chain_sum,gsm_symbolic,champ",
@@ -274,10 +274,22 @@ class BenchArguments:
     dry_run: bool = field(default=False, metadata={"help": "With --lm_eval: print the command, do not run it."})
 
 
+DESCRIPTION = (
+    "Reasoning benchmarks for a checkpoint, each problem answered directly and after a thought between the think "
+    "markers: seeded reasoning-gym problems and the CHAMP competition problems, offline on CPU (the bench extra); or, "
+    "with --lm_eval, tasks of lm-evaluation-harness (the lm-eval extra): the paper's suite ('paper', needs the Hub and a "
+    "GPU) or the offline task shipped with rlp_trl ('rlp_gsm_symbolic'). Options can also come from --config FILE.yaml."
+)
+
+
 def main(argv: list[str] | None = None):
     from trl import TrlParser
 
-    (args,) = TrlParser((BenchArguments,)).parse_args_and_config(args=argv)
+    from .usage import check_model, parse_args, prog_name
+
+    (args,) = parse_args(TrlParser, (BenchArguments,), argv, prog_name("rlp-bench"), DESCRIPTION)
+    check_model(args.model_name_or_path)
+    check_model(args.compare_to, "--compare_to")
     if args.model_name_or_path is None:
         from .assets import default_model_path
 
@@ -314,11 +326,12 @@ def main(argv: list[str] | None = None):
     return results
 
 
-def cli() -> int:
-    """Console-script entry point (`rlp-bench`): lm-eval's exit status with `--lm_eval`, else 0 (not the results)."""
-    with exit_on_missing_extra():
-        result = main()
-    return result if isinstance(result, int) else 0
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry point (`rlp-bench`): lm-eval's exit status with `--lm_eval`, else 0 (not the results); a
+    user error is one line `rlp-bench: error: ...` and exit status 2 (`rlp_trl.usage.run_cli`)."""
+    from .usage import run_cli
+
+    return run_cli(main, "rlp-bench", argv)
 
 
 if __name__ == "__main__":

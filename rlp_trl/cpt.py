@@ -112,6 +112,13 @@ def pack_documents(token_lists: list[list[int]], eos_id: int | None, block_size:
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
+DESCRIPTION = (
+    "Compute-matched continued pretraining (the paper's CPT baseline): plain next-token prediction on the RLP run's "
+    "corpus, from its base model, with its optimizer settings, for the token budget of the run (--match tokens: equal "
+    "input tokens; flops: equal compute, paper Sec. 11). Options can also come from --config FILE.yaml."
+)
+
+
 @dataclass
 class CPTArguments:
     """Arguments of `examples/train_cpt.py` / `rlp-cpt` (every field is a flag)."""
@@ -123,7 +130,7 @@ class CPTArguments:
     rlp_max_steps: int | None = field(default=None, metadata={"help": "Override the run's max_steps (e.g. if it stopped early)."})
     rlp_num_processes: int = field(default=1, metadata={"help": "Processes (GPUs) the RLP run used."})
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Base model (default: the RLP config's, else the embedded SmolLM2-135M)."}
+        default=None, metadata={"help": "Base model (default: the RLP config's, else the embedded SmolLM2-135M-Instruct)."}
     )
     dataset_name: str | None = field(
         default=None, metadata={"help": "Corpus (default: the RLP config's, else the embedded corpus)."}
@@ -146,12 +153,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     from .cli import load_documents
 
-    (args,) = TrlParser((CPTArguments,)).parse_args_and_config(args=argv)
+    from .usage import UsageError, check_model, check_path, parse_args, prog_name
+
+    (args,) = parse_args(TrlParser, (CPTArguments,), argv, prog_name("rlp-cpt"), DESCRIPTION)
+    if not os.path.isfile(os.path.expanduser(args.rlp_config)):
+        raise UsageError(f"--rlp_config {args.rlp_config}: no such file; pass the YAML config of the RLP run to match")
+    check_model(args.model_name_or_path)
+    check_path(args.dataset_name, "--dataset_name", "corpus file or folder, or a Hub dataset name")
     values = rlp_config_values(args.rlp_config)
     if args.rlp_max_steps is not None:
         values["max_steps"] = args.rlp_max_steps
     if values.get("max_steps", -1) <= 0:
-        raise ValueError(f"{args.rlp_config} has no max_steps; pass --rlp_max_steps <optimizer steps of the RLP run>")
+        raise UsageError(f"{args.rlp_config} has no max_steps; pass --rlp_max_steps <optimizer steps of the RLP run>")
     model_path = args.model_name_or_path or values.get("model_name_or_path")
     dataset_name = args.dataset_name or values.get("dataset_name")
     if model_path is None or dataset_name is None:
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     token_lists = tokenizer(texts, add_special_tokens=True)["input_ids"]
     blocks = pack_documents(token_lists, tokenizer.eos_token_id, block)
     if not blocks:
-        raise ValueError(f"The corpus has fewer than block_size={block} tokens; lower --block_size")
+        raise UsageError(f"The corpus has fewer than block_size={block} tokens; lower --block_size")
     dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
     train_args.max_steps = steps
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto")
@@ -219,13 +232,12 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
-def cli() -> int:
-    """Console-script entry point (`rlp-cpt`): the exit status, not the budget (`sys.exit(report)` would exit 1)."""
-    from ._extras import exit_on_missing_extra
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry point (`rlp-cpt`, `examples/train_cpt.py`): 0, not the budget; a user error is one line
+    `rlp-cpt: error: ...` and exit status 2 (`rlp_trl.usage.run_cli`)."""
+    from .usage import run_cli
 
-    with exit_on_missing_extra():
-        main()
-    return 0
+    return run_cli(main, "rlp-cpt", argv)
 
 
 if __name__ == "__main__":

