@@ -157,7 +157,9 @@ def test_sigterm_to_rlp_launch_of_two_processes_then_resume(tiny_model_dir, corp
     save one checkpoint, and the launcher exits after them."""
     out = tmp_path / "out"
     if launcher == "torchrun":
-        head = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port())]
+        # --shutdown_timeout 1: had the agent been the one to stop the workers, it would kill them 1 s later
+        head = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()),
+                "--shutdown_timeout", "1"]
     else:
         head = [os.path.join(BIN, "accelerate"), "launch", "--config_file",
                 os.path.join(ROOT, "examples", "accelerate_configs", "multi_gpu.yaml"), "--num_processes", "2",
