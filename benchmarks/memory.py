@@ -13,9 +13,9 @@ step, when every piece of training state exists, per process:
                 after imports, before the model is loaded) and activations; on a GPU, the CUDA allocator's peak
 
 Tensor bytes are counted once per storage (tied weights once), so they are exact and device-independent: they are
-what would sit in GPU memory for the same precision. Default model: the embedded SmolLM2-135M (float32 on CPU).
+what would sit in GPU memory for the same precision. Default model: the embedded SmolLM2-135M-Instruct (float32 on CPU).
 
-    python benchmarks/memory.py                      # full, lora, zero3 on SmolLM2-135M; prints the table
+    python benchmarks/memory.py                      # full, lora, zero3 on SmolLM2-135M-Instruct; prints the table
     python benchmarks/memory.py --variants all       # + ddp, zero2, zero3_lora, zero3_offload, qlora
     python benchmarks/memory.py --model tiny --json /tmp/m.json   # a quick smoke run on the tiny test model
 """
@@ -273,7 +273,7 @@ def main(argv=None) -> None:
             start = time.time()
             rows.append(summarize(name, run_variant(name, args.model, work)))
             print(f"[memory] {name}: {rows[-1]['total_mib']:.0f} MiB/process ({time.time() - start:.0f} s)", flush=True)
-    label = {"smollm2": "SmolLM2-135M (embedded), float32 on CPU", "tiny": "tiny test model"}.get(args.model, args.model)
+    label = {"smollm2": "SmolLM2-135M-Instruct (embedded), float32 on CPU", "tiny": "tiny test model"}.get(args.model, args.model)
     print()
     print(format_table(rows, label))
     if args.json:

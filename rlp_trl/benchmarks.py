@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Callable
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from ._extras import require
@@ -225,22 +226,81 @@ def format_benchmarks(results_by_model: dict[str, dict]) -> str:
 # ---------------------------------------------------------------------------------------------------- lm-eval bridge
 def lm_eval_command(model: str, tasks: list[str], *, backend: str = "hf", output_path: str = "outputs/lm_eval",
                     batch_size: str = "auto", dtype: str = "bfloat16", limit: float | None = None,
-                    extra_model_args: str = "") -> list[str]:
-    """The lm-evaluation-harness command line that runs `tasks` on `model` (backend `hf` or `vllm`)."""
-    model_args = f"pretrained={model},dtype={dtype}" + (f",{extra_model_args}" if extra_model_args else "")
+                    extra_model_args: str = "", include_path: str | None = None) -> list[str]:
+    """The lm-evaluation-harness command line that runs `tasks` on `model` (backend `hf` or `vllm`); a LoRA output
+    folder runs as its base model with `peft=<folder>`."""
+    from .loading import is_adapter_folder
+
+    pretrained = f"pretrained={model}"
+    if is_adapter_folder(model):
+        with open(os.path.join(model, "adapter_config.json")) as f:
+            pretrained = f"pretrained={json.load(f)['base_model_name_or_path']},peft={model}"
+    model_args = f"{pretrained},dtype={dtype}" + (f",{extra_model_args}" if extra_model_args else "")
     cmd = [sys.executable, "-m", "lm_eval", "run", "--model", backend, "--model_args", model_args,
            "--tasks", ",".join(tasks), "--batch_size", str(batch_size), "--output_path", output_path, "--log_samples"]
+    if include_path:
+        cmd += ["--include_path", include_path]
     if limit is not None:
         cmd += ["--limit", str(limit)]
     return cmd
 
 
+# Tasks shipped with rlp_trl: lm-eval tasks over local data, so the bridge runs offline (and in the test suite).
+# `rlp_gsm_symbolic`: reasoning-gym's seeded GSM-style problems (`gsm_symbolic`), written to a JSON-lines file, asked
+# as `Question: ...\nAnswer:`, greedy answer to the end of the line, exact match after lm-eval's normalisation
+# (case, punctuation, spaces) and taking the last number of the answer.
+LOCAL_LM_EVAL_TASKS = {"rlp_gsm_symbolic": "gsm_symbolic"}
+def _local_task_config(task: str, data: str, *, max_tokens: int, generator: str, seed: int, n: int) -> dict:
+    return {
+        "task": task,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": data}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": QUESTION_TEMPLATE.replace("{question}", "{{question}}") + ANSWER_CUE,
+        "doc_to_target": "{{answer}}",
+        "generation_kwargs": {"until": ["\n", "Question:"], "max_gen_toks": max_tokens, "do_sample": False},
+        # the answer is the last number the model wrote (units and words around it are not graded)
+        "filter_list": [{"name": "last_number", "filter": [
+            {"function": "regex", "regex_pattern": r"(-?[0-9][0-9,]*(?:\.[0-9]+)?)(?!.*[0-9])", "group_select": 0},
+            {"function": "take_first"},
+        ]}],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
+                         "ignore_case": True, "ignore_punctuation": True}],
+        "metadata": {"version": 1.0, "source": f"rlp_trl: reasoning-gym {generator}, seed {seed}, {n} problems"},
+    }
+
+
+def write_local_lm_eval_tasks(tasks: list[str], folder: str, *, num_problems: int, seed: int,
+                              max_answer_tokens: int) -> str | None:
+    """Write the data and YAML of the local tasks among `tasks` into `folder`; the folder (for lm-eval's
+    `--include_path`), or None when no local task was asked for."""
+    local = [t for t in tasks if t in LOCAL_LM_EVAL_TASKS]
+    if not local:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    for task in local:
+        generator = LOCAL_LM_EVAL_TASKS[task]
+        problems = reasoning_gym_problems(generator, num_problems, seed)
+        data = os.path.abspath(os.path.join(folder, f"{task}.jsonl"))
+        with open(data, "w", encoding="utf-8") as f:
+            for p in problems:
+                f.write(json.dumps({"question": p.question.strip(), "answer": p.answer}) + "\n")
+        config = _local_task_config(task, data, max_tokens=max_answer_tokens, generator=generator, seed=seed,
+                                    n=len(problems))
+        with open(os.path.join(folder, f"{task}.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+    return folder
+
+
 def run_lm_eval(cmd: list[str]) -> int:
-    require("lm_eval", "lm-eval", "rlp-bench --lm_eval (GPU machines)", import_module=False)
+    require("lm_eval", "lm-eval", "rlp-bench --lm_eval", import_module=False)
     env = dict(os.environ)
     offline = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if env.get(k) == "1"]
-    if offline:
-        print(f"[rlp-bench] note: {offline} are set; lm-eval needs the hub for its datasets unless they are cached")
+    hub_tasks = [t for t in cmd[cmd.index("--tasks") + 1].split(",") if t not in LOCAL_LM_EVAL_TASKS]
+    if offline and hub_tasks:
+        print(f"[rlp-bench] note: {offline} are set; lm-eval needs the hub for the datasets of {hub_tasks} unless they "
+              f"are cached (the local tasks: {sorted(LOCAL_LM_EVAL_TASKS)})")
     return subprocess.call(cmd, env=env)
 
 
@@ -265,10 +325,12 @@ class BenchArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the problems and of the thoughts."})
     output_dir: str = field(default="outputs/bench", metadata={"help": "Where bench.json (or lm-eval's output) goes."})
     lm_eval: str | None = field(
-        default=None, metadata={"help": "Run lm-evaluation-harness instead: 'paper' (PAPER_SUITE) or comma-separated task names."}
+        default=None, metadata={"help": "Run lm-evaluation-harness instead: 'paper' (PAPER_SUITE), 'rlp_gsm_symbolic' (shipped, "
+                                        "offline: --num_problems seeded reasoning-gym problems) or comma-separated task names."}
     )
     lm_eval_backend: str = field(default="hf", metadata={"help": "lm-eval model backend: 'hf' or 'vllm'."})
     lm_eval_batch_size: str = field(default="auto", metadata={"help": "lm-eval --batch_size."})
+    lm_eval_dtype: str = field(default="bfloat16", metadata={"help": "dtype of the model under lm-eval (float32 on CPU)."})
     lm_eval_limit: float | None = field(default=None, metadata={"help": "lm-eval --limit (examples per task), for a quick look."})
     lm_eval_model_args: str = field(default="", metadata={"help": "Extra lm-eval --model_args, e.g. 'tensor_parallel_size=2'."})
     dry_run: bool = field(default=False, metadata={"help": "With --lm_eval: print the command, do not run it."})
@@ -297,12 +359,18 @@ def main(argv: list[str] | None = None):
     paths = [p for p in (args.model_name_or_path, args.compare_to) if p]
     if args.lm_eval:
         tasks = list(PAPER_SUITE) if args.lm_eval == "paper" else args.lm_eval.split(",")
+        include = None
+        if not args.dry_run and any(t in LOCAL_LM_EVAL_TASKS for t in tasks):
+            include = write_local_lm_eval_tasks(
+                tasks, os.path.join(args.output_dir, "lm_eval_tasks"), num_problems=args.num_problems, seed=args.seed,
+                max_answer_tokens=args.max_answer_tokens,
+            )
         status = 0
         for path in paths:
             cmd = lm_eval_command(
                 path, tasks, backend=args.lm_eval_backend, batch_size=args.lm_eval_batch_size,
                 output_path=os.path.join(args.output_dir, "lm_eval"), limit=args.lm_eval_limit,
-                extra_model_args=args.lm_eval_model_args,
+                extra_model_args=args.lm_eval_model_args, dtype=args.lm_eval_dtype, include_path=include,
             )
             print(shlex.join(cmd))
             if not args.dry_run:
@@ -311,6 +379,7 @@ def main(argv: list[str] | None = None):
     results = {}
     for path in paths:
         model, tokenizer, open_ids, close_id = load_with_markers(path, args.think_open, args.think_close, args.seed)
+        # (LoRA output folders load on their base: rlp_trl.loading)
         label = os.path.basename(path.rstrip("/")) or path
         label = label if label not in results else f"{label} (2)"
         results[label] = run_benchmarks(

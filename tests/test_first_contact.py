@@ -1,0 +1,291 @@
+"""Issue 13, "first contact just works": one test per row of its table (what a new user did, what happened).
+
+User errors of the console scripts are one line `<prog>: error: ...` with exit status 2; the default context length
+fits the model's window; local data is read as users mean it; --help describes RLP; the model card is true; LoRA
+outputs evaluate; library warnings are gone; lm-eval runs for real on a shipped offline task.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import tiny_config
+from tiny_model import build_tiny_gpt2, tiny_corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--use_cpu", "true", "--bf16", "false", "--num_generations", "4", "--per_device_train_batch_size", "8",
+        "--max_completion_length", "8", "--min_context_tokens", "4", "--max_context_tokens", "64", "--report_to",
+        "none", "--save_strategy", "no", "--max_steps", "1", "--disable_tqdm", "true", "--learning_rate", "1e-3"]
+
+
+@pytest.fixture
+def docs_jsonl(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus(16)))
+    return str(path)
+
+
+def run_train(capsys, argv):
+    """rlp-train in-process: (exit status, stderr)."""
+    from rlp_trl.cli import cli
+
+    code = cli(argv)
+    return code, capsys.readouterr().err
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------- rows: errors, missing and empty files
+@pytest.mark.parametrize("case", ["empty_jsonl", "missing_dataset", "missing_model", "offline_hub_model",
+                                  "misspelled_column", "ema_decay", "num_generations", "blank_txt", "missing_config"])
+def test_user_errors_are_one_line_with_exit_status_2(case, tmp_path, tiny_model_dir, docs_jsonl, capsys):
+    model, data, extra = tiny_model_dir, docs_jsonl, []
+    if case == "empty_jsonl":
+        (tmp_path / "empty.jsonl").write_text("")
+        data, expect = str(tmp_path / "empty.jsonl"), "the file is empty"
+    elif case == "missing_dataset":
+        data, expect = "./nonexist.jsonl", "--dataset_name ./nonexist.jsonl: no such file or folder"
+    elif case == "missing_model":
+        model, expect = "./no-such-model", "--model_name_or_path ./no-such-model: no such file or folder"
+    elif case == "offline_hub_model":
+        model, expect = "nobody/no-such-model", "the Hugging Face Hub is offline"
+    elif case == "misspelled_column":
+        extra, expect = ["--dataset_text_field", "txt"], "pass --dataset_text_field with the column"
+    elif case == "ema_decay":
+        extra, expect = ["--ema_decay", "1.5"], "ema_decay must be in (0, 1)"
+    elif case == "num_generations":
+        extra, expect = ["--num_generations", "3"], "--per_device_train_batch_size 9"
+    elif case == "blank_txt":
+        (tmp_path / "blank.txt").write_text("\n\n   \n\n")
+        data, expect = str(tmp_path / "blank.txt"), "empty"
+    else:
+        extra, expect = ["--config", str(tmp_path / "nope.yaml")], "nope.yaml: no such file"
+    argv = ["--model_name_or_path", model, "--dataset_name", data, "--output_dir", str(tmp_path / "out"), *FAST, *extra]
+    if case == "num_generations":  # FAST sets 4 generations; the user's 3 comes last and wins
+        argv = argv[: argv.index("--num_generations")] + argv[argv.index("--num_generations") + 2 :] + extra
+    code, err = run_train(capsys, argv)
+    line = one_error_line(err)
+    assert code == 2, err[-2000:]
+    assert line.startswith("rlp-train: error: ") or ": error: " in line
+    assert expect in line, line
+    if case == "blank_txt":
+        assert "min_context_tokens" not in line  # the old, wrong fix
+
+
+def test_blank_documents_name_the_right_fix(tiny_model_dir):
+    """A corpus whose documents are all blank says so, instead of proposing a lower min_context_tokens."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from rlp_trl.data import build_position_dataset
+    from rlp_trl.usage import UsageError
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(UsageError) as info:
+        build_position_dataset(Dataset.from_dict({"text": ["", "  ", "\n"]}), tok, open_ids=[1])
+    assert "empty, whitespace-only" in str(info.value) and "min_context_tokens" not in str(info.value).split(". ", 1)[1]
+
+
+def test_console_script_user_error_has_no_traceback_and_bugs_keep_theirs(tmp_path):
+    """The installed `rlp-eval` on a missing file: one line, exit 2. A bug (an exception that is not a user error)
+    keeps its traceback."""
+    exe = os.path.join(os.path.dirname(sys.executable), "rlp-eval")
+    proc = subprocess.run([exe, "--dataset_name", "./nonexist.jsonl", "--output_dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert one_error_line(proc.stderr).startswith("rlp-eval: error: --dataset_name ./nonexist.jsonl: no such file")
+    code = ("from rlp_trl.usage import run_cli\n"
+            "def main(argv):\n    raise KeyError('a bug')\n"
+            "raise SystemExit(run_cli(main, 'rlp-x'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError: 'a bug'" in proc.stderr
+
+
+def test_under_accelerate_launch_the_script_line_is_shown_and_quiet_drops_the_launcher_traceback(tmp_path):
+    """accelerate launch: the child prints its one line and exits 2; `accelerate launch -q` leaves only that line."""
+    (tmp_path / "empty.jsonl").write_text("")
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [accelerate, "launch", "-q", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", os.path.join(REPO, "examples", "train_rlp.py"),
+           "--dataset_name", str(tmp_path / "empty.jsonl"), "--model_name_or_path", "./missing-model"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert one_error_line(proc.stderr).startswith("train_rlp.py: error: --model_name_or_path ./missing-model")
+
+
+# ------------------------------------------------------------------------- row: the model's context window
+def test_default_context_fits_the_window_and_an_explicit_impossible_one_fails_before_tokenizing(
+        tmp_path, tiny_docs, caplog, monkeypatch):
+    """A GPT-2 with 256 positions and the default max_context_tokens (2048): shortened, one log line; an explicit
+    250 is an error proposing values, raised before any document is tokenized."""
+    import rlp_trl.trainer as trainer_module
+    from rlp_trl import RLPConfig, RLPTrainer
+    from rlp_trl.usage import UsageError
+
+    gpt2 = build_tiny_gpt2(str(tmp_path / "gpt2"))
+    args = RLPConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, gradient_checkpointing=False,
+                     num_generations=4, per_device_train_batch_size=8, max_completion_length=8, min_context_tokens=4,
+                     report_to=[], max_steps=1)
+    assert args.max_context_tokens == 2048  # the default, not set by the user
+    with caplog.at_level("WARNING", logger="rlp_trl"):
+        trainer = RLPTrainer(gpt2, args=args, train_dataset=tiny_docs)
+    assert trainer.args.max_context_tokens == 256 - (1 + 8 + 1 + 1)
+    assert sum("max_context_tokens 2048 -> 245" in r.getMessage() for r in caplog.records) == 1
+    assert max(len(c) for c in trainer.train_dataset["context_ids"]) <= 245
+
+    calls = []
+    original = trainer_module.build_position_dataset
+    monkeypatch.setattr(trainer_module, "build_position_dataset", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with pytest.raises(UsageError) as info:
+        RLPTrainer(gpt2, args=tiny_config(tmp_path, max_context_tokens=250), train_dataset=tiny_docs)
+    assert not calls
+    assert "Values that fit: --max_context_tokens 245" in str(info.value)
+
+
+# ------------------------------------------------------------------------- row: a folder of wrapped .txt files
+def test_a_folder_of_txt_files_splits_at_blank_lines_like_one_file(tmp_path):
+    from rlp_trl.cli import load_documents
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for k in range(2):
+        paragraphs = [textwrap.fill(f"Paragraph {i} of file {k}. " + " ".join(tiny_corpus(1, seed=i)[0].split()[:40]), 40)
+                      for i in range(10)]
+        (folder / f"part{k}.txt").write_text("\n\n".join(paragraphs) + "\n")
+    docs = load_documents(str(folder))
+    assert len(docs) == 20
+    assert all("\n" in t for t in docs["text"])  # one wrapped paragraph per document, its line breaks kept
+    single = load_documents(str(folder / "part0.txt"))
+    assert single["text"] == docs["text"][:10]
+    (tmp_path / "none").mkdir()
+    from rlp_trl.usage import UsageError
+
+    with pytest.raises(UsageError, match="holds no non-empty data file"):
+        load_documents(str(tmp_path / "none"))
+
+
+# ------------------------------------------------------------------------- row: --help
+def test_help_describes_rlp_lists_config_and_puts_rlp_options_first(capsys):
+    from rlp_trl.cli import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "Reinforcement as a Pretraining Objective" in out.split("options:")[0]
+    assert "--config FILE.yaml" in out.split("options:")[0]
+    rlp, grpo = out.index("RLP options (RLPConfig"), out.index("GRPO and Trainer options")
+    assert rlp < out.index("--ema_decay") < grpo and out.index("--num_generations") < grpo
+    section = lambda flag: out[out.index(f"\n  {flag} "):][:600]  # noqa: E731
+    assert "off (fp32) on CPU" in section("--bf16") and "(default: True)" not in section("--bf16")
+    resume = " ".join(section("--resume_from_checkpoint").split())
+    assert "auto" in resume and "last" in resume and "not directly used" not in resume
+    model = " ".join(section("--model_name_or_path").split())
+    assert "SmolLM2-135M-Instruct" in model and "(default: None)" not in model
+    assert len(out.splitlines()[0]) < 160  # a short usage line, not every option
+
+
+# ------------------------------------------------------------------------- rows: model card, use_cache, warnings
+def test_saved_model_has_a_true_card_use_cache_and_no_library_warnings(tmp_path, tiny_model_dir, docs_jsonl):
+    out = tmp_path / "run"
+    argv = [sys.executable, os.path.join(REPO, "examples", "train_rlp.py"), "--model_name_or_path", tiny_model_dir,
+            "--dataset_name", docs_jsonl, "--output_dir", str(out), *FAST]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for noise in ("gemm_4bit_forward", "`gradient_checkpointing` is deprecated", "will be ignored",
+                  "is deprecated and will be removed"):
+        assert noise not in proc.stderr, noise
+    card = (out / "README.md").read_text()
+    assert "None" not in card.split("## Citation")[0] and "licence: license" not in card
+    assert f"the local model folder `{tiny_model_dir}`" in card
+    assert docs_jsonl in card and "16 documents" in card
+    assert "1 optimizer step(s) of 2 contexts x 4 thoughts" in card
+    assert "`<think>`" in card and "`</think>`" in card and 'context + "<think>"' in card
+    history = [json.loads(line) for line in (out / "rlp_metrics.jsonl").read_text().splitlines()]
+    gain = [h["rlp/info_gain_mean"] for h in history if "rlp/info_gain_mean" in h][-1]
+    assert f"{gain:+.3f} nats" in card
+    assert "| `ema_decay` | 0.999 |" in card and "| `max_completion_length` | 8 |" in card
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+
+
+def test_card_names_the_embedded_base_model(tmp_path):
+    from rlp_trl.model_card import describe_base
+
+    folder = tmp_path / "smollm2"
+    folder.mkdir()
+    (folder / "rlp_trl_ready.json").write_text("{}")
+    hub, text = describe_base(str(folder))
+    assert hub == "HuggingFaceTB/SmolLM2-135M-Instruct" and "Q4_1 GGUF" in text
+    assert describe_base("Qwen/Qwen3-1.7B-Base")[0] == "Qwen/Qwen3-1.7B-Base"
+
+
+def test_no_bitsandbytes_kernel_line_on_import():
+    proc = subprocess.run([sys.executable, "-c", "import rlp_trl, rlp_trl.cli"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "gemm_4bit_forward" not in proc.stderr and "FutureWarning" not in proc.stderr
+
+
+# ------------------------------------------------------------------------- row: LoRA outputs evaluate
+def test_rlp_eval_and_bench_load_a_lora_output_folder(tmp_path, tiny_model_dir, tiny_docs):
+    from peft import LoraConfig
+
+    from rlp_trl import RLPTrainer
+    from rlp_trl.eval import cli as eval_cli
+    from rlp_trl.eval import load_with_markers
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=1), train_dataset=tiny_docs,
+                         peft_config=lora)
+    trainer.train()
+    out = str(tmp_path / "lora")
+    trainer.save_model(out)
+    assert os.path.isfile(os.path.join(out, "adapter_config.json"))
+    assert "library_name: peft" in open(os.path.join(out, "README.md")).read()
+    docs = tmp_path / "held.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus(6, seed=7)))
+    code = eval_cli(["--model_name_or_path", out, "--dataset_name", str(docs), "--num_documents", "4",
+                     "--doc_nll_documents", "4", "--num_thoughts", "2", "--max_thought_tokens", "4",
+                     "--min_context_tokens", "4", "--max_context_tokens", "32", "--output_dir", str(tmp_path / "ev")])
+    assert code == 0
+    report = json.load(open(tmp_path / "ev" / "eval.json"))
+    assert report["models"]["lora"]["summary"]["nll_nothink"]["n"] == 4
+    model, tokenizer, open_ids, close_id = load_with_markers(out, "<think>", "</think>")  # what rlp-bench loads
+    assert type(model).__name__ == "LlamaForCausalLM" and close_id == tokenizer.convert_tokens_to_ids("</think>")
+
+
+# ------------------------------------------------------------------------- row: lm-eval run for real
+def test_rlp_bench_runs_lm_eval_on_the_shipped_offline_task(tmp_path, tiny_model_dir):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("reasoning_gym")
+    from rlp_trl.benchmarks import cli as bench_cli
+
+    out = tmp_path / "bench"
+    code = bench_cli(["--model_name_or_path", tiny_model_dir, "--lm_eval", "rlp_gsm_symbolic", "--num_problems", "3",
+                      "--lm_eval_dtype", "float32", "--lm_eval_batch_size", "4", "--max_answer_tokens", "6",
+                      "--output_dir", str(out)])
+    assert code == 0
+    data = (out / "lm_eval_tasks" / "rlp_gsm_symbolic.jsonl").read_text().splitlines()
+    assert len(data) == 3 and {"question", "answer"} <= set(json.loads(data[0]))
+    results = [os.path.join(r, f) for r, _, fs in os.walk(out / "lm_eval") for f in fs if f.startswith("results")]
+    assert results, list(os.walk(out))
+    scores = json.load(open(results[0]))["results"]["rlp_gsm_symbolic"]
+    assert 0.0 <= scores["exact_match,last_number"] <= 1.0
+
+
+# ------------------------------------------------------------------------- row: docs name the embedded model
+def test_docs_name_the_embedded_model_as_what_it_is():
+    for path in ("README.md", "docs/quickstart.md", "docs/scaling.md", "docs/performance.md"):
+        text = open(os.path.join(REPO, path), encoding="utf-8").read()
+        assert not re.search(r"SmolLM2-135M(?!-Instruct)", text), path
