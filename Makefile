@@ -17,7 +17,8 @@ export HF_HUB_DISABLE_TELEMETRY=1
 # (~/.cache/pip) serves every other download to the second environment.
 WHEELS := .cache/wheels
 DS_WHEEL := $(WHEELS)/.deepspeed-built
-EXTRAS := dev,demo,bench,plots
+# lm-eval: tests/test_first_contact.py runs `rlp-bench --lm_eval rlp_gsm_symbolic` (offline task over local data)
+EXTRAS := dev,demo,bench,plots,lm-eval
 
 $(DS_WHEEL): requirements-newest.txt requirements-compat.txt
 	for v in $$(sed -n 's/^deepspeed==//p' requirements-newest.txt requirements-compat.txt | sort -u); do \
