@@ -17,11 +17,11 @@ import learning_curve  # noqa: E402
 
 SCHEMES = {
     "mean": ["--think_token_init", "mean"],
-    "text <,>": ["--think_open_init", "<", "--think_close_init", ">"],
+    "text < >": ["--think_open_init", "<", "--think_close_init", ">"],
     "text marker itself": ["--think_open_init", "", "--think_close_init", ""],
-    "text ' (',')'": ["--think_open_init", " (", "--think_close_init", ")"],
+    "text ' (' ')'": ["--think_open_init", " (", "--think_close_init", ")"],
     "plain-text markers": ["--think_markers_as_text", "true"],
-    "text <,> without close gradient": ["--think_open_init", "<", "--think_close_init", ">", "--think_close_in_loss", "false"],
+    "text < > without close gradient": ["--think_open_init", "<", "--think_close_init", ">", "--think_close_in_loss", "false"],
 }
 
 
@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument("--eval_documents", type=int, default=64)
     parser.add_argument("--output_dir", default="outputs/markers")
     parser.add_argument("--json", default="docs/markers.json")
-    parser.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated subset of the schemes")
+    parser.add_argument("--schemes", default="|".join(SCHEMES), help="'|'-separated subset of the schemes")
     args = parser.parse_args()
-    results = {}
-    for name in args.schemes.split(","):
+    results = json.load(open(args.json)) if os.path.exists(args.json) else {}  # schemes measured before are kept
+    for name in args.schemes.split("|"):
         slug = "".join(c if c.isalnum() else "_" for c in name)
         out = os.path.join(args.output_dir, slug)
         results[name] = learning_curve.main([
