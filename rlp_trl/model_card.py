@@ -7,6 +7,14 @@ import os
 import re
 
 EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# docstyle-ignore
+CITATION = """\
+@article{hatamizadeh2025rlp,
+                title        = {{RLP: Reinforcement as a Pretraining Objective}},
+                author       = {Ali Hatamizadeh and Syeda Nahida Akter and Shrimai Prabhumoye and Jan Kautz and Mostofa Patwary and Mohammad Shoeybi and Bryan Catanzaro and Yejin Choi},
+                year         = 2025,
+                eprint       = {arXiv:2510.01265},
+            }"""
 
 
 def describe_base(model_id: str | None) -> tuple[str | None, str]:
@@ -136,7 +144,7 @@ def build_card(trainer, model_name: str | None = None, dataset_name: str | None 
         "## Citation",
         "",
         "```bibtex",
-        trainer._paper["citation"],
+        CITATION,
         "```",
         "",
     ]

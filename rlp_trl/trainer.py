@@ -14,7 +14,6 @@ logging and checkpointing. What this class changes:
 """
 
 import os
-import textwrap
 
 import torch
 from accelerate.utils import gather_object
@@ -35,7 +34,7 @@ from .rewards import group_advantages, information_gain, prefix_match_reward
 from .scoring import pad_rows, score_last_tokens, score_sequence_ends
 from .surprise import make_position_scorer
 from .teacher import build_teacher
-from .model_card import write_card
+from .model_card import CITATION, write_card
 from .window import fit_context_window
 
 
@@ -83,13 +82,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         "title": "RLP: Reinforcement as a Pretraining Objective",
         "id": "2510.01265",
         # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @article{hatamizadeh2025rlp,
-                title        = {{RLP: Reinforcement as a Pretraining Objective}},
-                author       = {Ali Hatamizadeh and Syeda Nahida Akter and Shrimai Prabhumoye and Jan Kautz and Mostofa Patwary and Mohammad Shoeybi and Bryan Catanzaro and Yejin Choi},
-                year         = 2025,
-                eprint       = {arXiv:2510.01265},
-            }"""),
+        "citation": CITATION,
     }
 
     def __init__(
