@@ -33,7 +33,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from ._extras import require
-from .eval import load_with_markers, sample_thoughts, split_thought, wilson_ci
+from .eval import load_with_markers, sample_thoughts, wilson_ci
+from .markers import split_thought
 from .scoring import pad_rows
 
 REASONING_GYM_TASKS = ("basic_arithmetic", "chain_sum", "gsm_symbolic")

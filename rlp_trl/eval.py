@@ -38,7 +38,7 @@ from .generation import prefix_shared_sample
 from .scoring import pad_rows, score_last_tokens
 from .surprise import document_token_logps, make_position_scorer
 from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
-from .markers import markers_missing, prepare_think_markers, split_thought_text, text_marker_ids
+from .markers import markers_missing, prepare_think_markers, split_thought, split_thought_text, text_marker_ids
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -128,15 +128,6 @@ def load_with_markers(path: str, think_open: str, think_close: str, seed: int = 
         tokenizer, model, think_open, think_close, add_tokens=True, init=init, init_texts=init_texts
     )
     return model, tokenizer, open_ids, close_id
-
-
-def split_thought(sampled: list[int], stop_ids: set[int], close_id: int | None = None) -> tuple[list[int], str]:
-    """Tokens before the first stop id, and how the thought ended: `SAMPLED_CLOSE` (the stop was `close_id`),
-    `OTHER_STOP` (EOS) or `LENGTH_LIMIT` (no stop: the thought ran to the length limit)."""
-    for i, tok in enumerate(sampled):
-        if tok in stop_ids:
-            return sampled[:i], SAMPLED_CLOSE if tok == close_id else OTHER_STOP
-    return sampled, LENGTH_LIMIT
 
 
 def thought_generation_config(max_thought_tokens: int, temperature: float, stop_ids, pad_id: int, **kwargs):

@@ -44,7 +44,7 @@ def clipped_thought_loss(
     return per_thought.mean()
 
 
-# How a sampled thought ended (`RLPTrainer._split_thought`).
+# How a sampled thought ended (`markers.split_thought`, `RLPTrainer._split_thought`).
 SAMPLED_CLOSE = "close"  # the policy sampled the close marker: it is part of the action
 OTHER_STOP = "stop"  # the policy sampled EOS (or, with text markers, spelled the close marker with other tokens)
 LENGTH_LIMIT = "limit"  # no stop within max_completion_length: the trainer closes the thought

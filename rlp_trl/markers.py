@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection
 
 import torch
 
+from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
 from .usage import UsageError
 
 THINK_TOKEN_INITS = ("text", "mean")
@@ -115,6 +116,15 @@ def find_text_marker(tokens: list[int], marker: str, marker_ids: list[int], deco
     while j > 0 and len(decode(tokens[:j])) > start_char:
         j -= 1
     return j if exact is None else min(j, exact)
+
+
+def split_thought(sampled: list[int], stop_ids: Collection[int], close_id: int | None = None) -> tuple[list[int], str]:
+    """(thought, end) for single-token markers: the tokens before the first stop id (the close marker or EOS), and
+    `SAMPLED_CLOSE` (the stop was `close_id`), `OTHER_STOP` (EOS) or `LENGTH_LIMIT` (no stop: the length limit)."""
+    for i, tok in enumerate(sampled):
+        if tok in stop_ids:
+            return sampled[:i], SAMPLED_CLOSE if tok == close_id else OTHER_STOP
+    return sampled, LENGTH_LIMIT
 
 
 def split_thought_text(

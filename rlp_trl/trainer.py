@@ -28,7 +28,7 @@ from .config import RLPConfig
 from .data import build_position_dataset
 from .generation import PrefixSharedGenerationMixin
 from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE, action_mask, clipped_thought_loss
-from .markers import markers_missing, prepare_think_markers, split_thought_text, text_marker_ids
+from .markers import markers_missing, prepare_think_markers, split_thought, split_thought_text, text_marker_ids
 from .resilience import ResilienceMixin, ensure_pad_token, staged_checkpoint
 from .rewards import group_advantages, information_gain, prefix_match_reward
 from .scoring import pad_rows, score_last_tokens, score_sequence_ends
@@ -209,10 +209,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
             thought, cut = split_thought_text(sampled, self._stop_ids, self.args.think_close, self.think_close_ids, decode)
             written = sampled[len(thought) : len(thought) + len(self.think_close_ids)] == self.think_close_ids
             return thought, LENGTH_LIMIT if cut else SAMPLED_CLOSE if written else OTHER_STOP
-        for i, tok in enumerate(sampled):
-            if tok in self._stop_ids:
-                return sampled[:i], SAMPLED_CLOSE if tok == self.think_close_id else OTHER_STOP
-        return sampled, LENGTH_LIMIT
+        return split_thought(sampled, self._stop_ids, self.think_close_id)
 
     @property
     def _stop_ids(self) -> set[int]:
