@@ -44,6 +44,9 @@ class CurveArguments:
     minutes: float = field(default=60.0, metadata={"help": "Training wall-clock budget."})
     max_steps: int = field(default=100_000, metadata={"help": "Step limit (the budget usually ends the run first)."})
     snapshots: int = field(default=4, metadata={"help": "Evaluated snapshots: at k/N of the budget, k = 1..N."})
+    snapshot_steps: str = field(
+        default="", metadata={"help": "Comma-separated steps to snapshot at instead (the end is always one)."}
+    )
     learning_rate: float = field(default=3e-6, metadata={"help": "Constant learning rate."})
     num_generations: int = field(default=4, metadata={"help": "G rollouts per context."})
     contexts_per_step: int = field(default=4, metadata={"help": "Contexts per optimizer step."})
@@ -61,11 +64,13 @@ class CurveArguments:
 
 
 class Budget(TrainerCallback):
-    """Stops training after `minutes` and saves the weights at `snapshots` evenly spaced times (and at the end)."""
+    """Stops training after `minutes` and saves the weights at `snapshots` evenly spaced times, or at the given
+    `steps`, and at the end."""
 
-    def __init__(self, trainer, minutes: float, snapshots: int, directory: str):
+    def __init__(self, trainer, minutes: float, snapshots: int, directory: str, steps: list[int] | None = None):
         self.trainer, self.seconds, self.directory = trainer, 60 * minutes, directory
-        self.marks = [self.seconds * k / snapshots for k in range(1, snapshots + 1)]
+        self.marks = [] if steps else [self.seconds * k / snapshots for k in range(1, snapshots + 1)]
+        self.steps = sorted(steps or [])
         self.saved: list[tuple[int, str]] = []
         self.start = None
 
@@ -84,7 +89,9 @@ class Budget(TrainerCallback):
         while self.marks and elapsed >= self.marks[0]:
             self.marks.pop(0)
             self.save(state.global_step)
-        if not self.marks:
+        if self.steps and state.global_step in self.steps:
+            self.save(state.global_step)
+        if elapsed >= self.seconds:
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -103,7 +110,8 @@ def train(args: CurveArguments, base: str, train_docs) -> tuple[list[tuple[int, 
         bf16=False, gradient_checkpointing=False, seed=args.seed, use_cpu=True,
     )
     trainer = RLPTrainer(base, args=config, train_dataset=train_docs)
-    budget = Budget(trainer, args.minutes, args.snapshots, os.path.join(args.output_dir, "snapshots"))
+    steps = [int(s) for s in args.snapshot_steps.split(",") if s.strip()]
+    budget = Budget(trainer, args.minutes, args.snapshots, os.path.join(args.output_dir, "snapshots"), steps)
     trainer.add_callback(budget)
     start = time.time()
     trainer.train()
