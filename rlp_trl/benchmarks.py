@@ -351,8 +351,8 @@ def main(argv: list[str] | None = None):
     from .usage import check_model, parse_args, prog_name
 
     (args,) = parse_args(TrlParser, (BenchArguments,), argv, prog_name("rlp-bench"), DESCRIPTION)
-    check_model(args.model_name_or_path)
-    check_model(args.compare_to, "--compare_to")
+    check_model(args.model_name_or_path, hub=not args.dry_run)  # a dry run only prints the command
+    check_model(args.compare_to, "--compare_to", hub=not args.dry_run)
     if args.model_name_or_path is None:
         from .assets import default_model_path
 

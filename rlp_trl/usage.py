@@ -52,7 +52,7 @@ def hub_offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def check_model(value: str | None, flag: str = "--model_name_or_path") -> None:
+def check_model(value: str | None, flag: str = "--model_name_or_path", hub: bool = True) -> None:
     """A missing local model folder, or a Hub name that cannot load offline, as a one-line UsageError."""
     if not value:
         return
@@ -65,7 +65,7 @@ def check_model(value: str | None, flag: str = "--model_name_or_path") -> None:
         return
     if os.path.isfile(path):
         raise UsageError(f"{flag} {value}: is a file; pass the model's folder (the one holding config.json)")
-    if hub_offline():
+    if hub and hub_offline():
         try:
             from huggingface_hub import try_to_load_from_cache
 
