@@ -1,10 +1,13 @@
 """Soak test of rlp_trl's reliability features (issue 6); the report goes into docs/reliability.md.
 
-Runs the tiny model (tests/tiny_model.py) for a few hundred steps over a corpus seeded with bad rows, twice:
+Runs the tiny model (tests/tiny_model.py) for a few hundred steps over a JSON-lines corpus seeded with bad rows and
+bad lines (read by `rlp_trl.data.read_json_lines`, as `rlp-train` reads .jsonl files), twice:
 
     reference    one uninterrupted process
-    interrupted  a process that gets SIGTERM half-way (it must save a complete checkpoint and exit with 143),
-                 then a second process that resumes from that checkpoint (`resume_from_checkpoint=True`)
+    interrupted  a process started through `rlp-launch` that gets SIGTERM (sent to the launcher) half-way: it must
+                 save a complete checkpoint, and the launcher must exit with 143 only after it; then a second process
+                 that resumes from that checkpoint (`resume_from_checkpoint="auto"`, hashes verified), then a third
+                 launch of the same command on the finished run, which must train nothing
 
 Both runs inject the same faults at the same steps: a NaN reward every `--nan-reward-every` steps and NaN gradients
 (NaN hidden states in the training forward) every `--nan-grad-every` steps, handled by `on_nonfinite="skip"`.
@@ -38,6 +41,27 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
 # ---------------------------------------------------------------------------------------------- corpus and model
+BAD_LINES = {  # written into the .jsonl as raw bytes; each one a counted skip of the reader
+    "not_utf8": b'{"text": "caf\xe9: Latin-1 bytes are not UTF-8"}',
+    "invalid_json": b'{"text": "an unterminated line',
+    "lone_surrogate": b'{"text": "a broken escape \\ud800 in a document"}',
+}
+
+
+def write_corpus(path: str, seed: int = 0) -> dict:
+    """The corpus of `bad_corpus` as JSON lines, with 5 copies of each bad line of `BAD_LINES` spread through it."""
+    import random
+
+    rows, bad = bad_corpus(seed=seed)
+    lines = [json.dumps({"text": r}).encode() for r in rows]
+    rng = random.Random(seed + 1)
+    for raw in [raw for raw in BAD_LINES.values() for _ in range(5)]:
+        lines.insert(rng.randrange(len(lines) + 1), raw)
+    with open(path, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    return {**bad, **{f"line: {k}": 5 for k in BAD_LINES}}
+
+
 def bad_corpus(n_good: int = 300, seed: int = 0) -> tuple[list, dict]:
     """Good tiny documents mixed with rows that must be skipped (or windowed), in a fixed shuffled order."""
     import random
@@ -77,16 +101,15 @@ def worker(args) -> int:
 
     import psutil
     import torch
-    from datasets import Dataset
     from transformers import TrainerCallback
 
     import rlp_trl.trainer as trainer_module
     from rlp_trl import RLPTrainer
+    from rlp_trl.data import read_json_lines
 
-    rows, _ = bad_corpus(seed=args.seed)
     trainer = RLPTrainer(
         os.path.join(args.out, "model"), args=config(args.run_dir, args.steps, args.save_steps, args.seed),
-        train_dataset=Dataset.from_dict({"text": rows}),
+        train_dataset=read_json_lines(os.path.join(args.out, "corpus.jsonl")),
     )
     process = psutil.Process()
 
@@ -135,12 +158,15 @@ def worker(args) -> int:
         stats = trainer.position_stats
         emit("data", documents=stats.documents, positions=stats.positions, skipped=stats.skipped,
              windowed=stats.windowed)
+    started = time.time()
     trainer.train(resume_from_checkpoint="auto" if args.resume else None)
     guard = trainer.nonfinite_guard
     emit("end", step=trainer.state.global_step, interrupted=trainer.interrupted, nonfinite=dict(guard.totals),
-         events=list(guard.events))
+         events=list(guard.events), already_finished=trainer.already_finished, train_s=time.time() - started)
     if trainer.interrupted:
         return 128 + int(getattr(signal, trainer.interrupted))
+    if trainer.already_finished is not None:
+        return 0
     torch.save({"policy": {k: v.detach() for k, v in model.named_parameters()},
                 "teacher": {k: v.detach() for k, v in trainer.teacher.module.named_parameters()}},
                os.path.join(args.run_dir, "final_weights.pt"))
@@ -148,16 +174,18 @@ def worker(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- orchestrator
-def run_worker(args, run_dir: str, resume: bool = False, interrupt_at: int | None = None) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--out", args.out, "--run-dir", run_dir,
+def run_worker(args, run_dir: str, resume: bool = False, interrupt_at: int | None = None, launch: bool = False) -> dict:
+    """One worker process; with `launch`, under `rlp-launch` (the SIGTERM then goes to the launcher)."""
+    head = [sys.executable, "-m", "rlp_trl.launch", "--"] if launch else []
+    cmd = [*head, sys.executable, os.path.abspath(__file__), "--worker", "--out", args.out, "--run-dir", run_dir,
            "--steps", str(args.steps), "--save-steps", str(args.save_steps), "--seed", str(args.seed),
            "--nan-reward-every", str(args.nan_reward_every), "--nan-grad-every", str(args.nan_grad_every)]
     if resume:
         cmd.append("--resume")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": ROOT}
     start = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    result = {"steps": [], "log": [], "signalled_at": None}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    result = {"steps": [], "log": [], "signalled_at": None, "checkpoint_at_exit": None}
     for line in proc.stdout:
         if not line.startswith("SOAK "):
             result["log"].append(line)
@@ -172,6 +200,11 @@ def run_worker(args, run_dir: str, resume: bool = False, interrupt_at: int | Non
             result[event["kind"]] = event
     result["returncode"] = proc.wait()
     result["wall_s"] = time.time() - start
+    from rlp_trl.resilience import last_complete_checkpoint  # verified (sizes + sha256) the moment the launcher exited
+
+    last, skipped = last_complete_checkpoint(run_dir)
+    result["checkpoint_at_exit"] = os.path.basename(last) if last else None
+    result["checkpoints_not_verifying"] = len(skipped)
     if result["returncode"] not in (0, 128 + signal.SIGTERM):
         sys.stderr.write("".join(result["log"][-80:]))
         raise SystemExit(f"worker failed with exit code {result['returncode']}")
@@ -224,12 +257,11 @@ def machine() -> dict:
 
 def orchestrate(args) -> dict:
     import torch
-
     from tiny_model import build_tiny_model
 
     os.makedirs(args.out, exist_ok=True)
     build_tiny_model(os.path.join(args.out, "model"))
-    _, bad_rows = bad_corpus(seed=args.seed)
+    bad_rows = write_corpus(os.path.join(args.out, "corpus.jsonl"), seed=args.seed)
     interrupt_at = args.interrupt_at or args.steps // 2
     info = machine()
     ref_dir, int_dir = os.path.join(args.out, "reference"), os.path.join(args.out, "interrupted")
@@ -241,10 +273,12 @@ def orchestrate(args) -> dict:
 
     print(f"[soak] reference run: {args.steps} steps", flush=True)
     ref = run_worker(args, ref_dir)
-    print(f"[soak] interrupted run: SIGTERM at step {interrupt_at}", flush=True)
-    first = run_worker(args, int_dir, interrupt_at=interrupt_at)
+    print(f"[soak] interrupted run (rlp-launch): SIGTERM to the launcher at step {interrupt_at}", flush=True)
+    first = run_worker(args, int_dir, interrupt_at=interrupt_at, launch=True)
     print("[soak] resuming", flush=True)
     second = run_worker(args, int_dir, resume=True)
+    print("[soak] relaunching the finished run", flush=True)
+    third = run_worker(args, int_dir, resume=True)
 
     a = torch.load(os.path.join(ref_dir, "final_weights.pt"), weights_only=True)
     b = torch.load(os.path.join(int_dir, "final_weights.pt"), weights_only=True)
@@ -263,13 +297,22 @@ def orchestrate(args) -> dict:
         "reference": {"steps_done": ref["end"]["step"], "wall_s": round(ref["wall_s"], 1),
                       "nonfinite": ref["end"]["nonfinite"], "nonfinite_events": ref["end"]["events"],
                       "memory": memory_growth(ref["steps"], args.warmup)},
-        "interrupted": {"sigterm_sent_after_step": first["signalled_at"], "exit_code": first["returncode"],
+        "checks": {"weights_after_every_step": True, "tensors_before_every_save": True, "marker": "sha256 per file",
+                   "runaway_flags_reference": ref["end"]["nonfinite"].get("runaway", 0),
+                   "reference_checkpoints_at_exit": ref["checkpoint_at_exit"],
+                   "reference_checkpoints_not_verifying": ref["checkpoints_not_verifying"],
+                   "train_s_per_step_reference": round(ref["end"]["train_s"] / max(1, ref["end"]["step"]), 3)},
+        "interrupted": {"launcher": "rlp-launch", "sigterm_sent_after_step": first["signalled_at"],
+                        "exit_code": first["returncode"], "checkpoint_when_launcher_exited": first["checkpoint_at_exit"],
                         "stopped_at_step": first["end"]["step"], "wall_s": round(first["wall_s"], 1),
                         "nonfinite": first["end"]["nonfinite"], "memory": memory_growth(first["steps"], args.warmup)},
         "resumed": {"from_step": second["steps"][0]["step"] - 1 if second["steps"] else None,
                     "steps_done": second["end"]["step"], "exit_code": second["returncode"],
                     "wall_s": round(second["wall_s"], 1), "nonfinite_total": second["end"]["nonfinite"],
                     "memory": memory_growth(second["steps"], args.warmup)},
+        "relaunched_finished": {"exit_code": third["returncode"], "already_finished": third["end"]["already_finished"],
+                                "steps_trained": len(third["steps"]), "checkpoint_at_exit": third["checkpoint_at_exit"],
+                                "wall_s": round(third["wall_s"], 1)},
         "final_teacher_matches_reference": compare(a["teacher"], b["teacher"]),
         "final_policy_matches_reference": compare(a["policy"], b["policy"]),
     }
@@ -283,6 +326,7 @@ def orchestrate(args) -> dict:
 def markdown(r: dict) -> str:
     """The report as the Markdown block recorded in docs/reliability.md."""
     m, ref, cut, res = r["machine"], r["reference"], r["interrupted"], r["resumed"]
+    fin, chk = r["relaunched_finished"], r["checks"]
     events = ", ".join(f"{e['kind']}@{e['step']}" for e in ref["nonfinite_events"])
 
     def mem(x):
@@ -307,9 +351,16 @@ def markdown(r: dict) -> str:
         f"| corpus | {r['corpus']['documents']} documents -> {r['corpus']['positions']} positions; skipped: {skipped}; "
         f"windowed (over max_document_chars): {r['corpus']['windowed']} |",
         f"| reference run | {ref['steps_done']} steps in {ref['wall_s']:.0f} s |",
-        f"| interrupted run | SIGTERM after step {cut['sigterm_sent_after_step']}; stopped after step "
-        f"{cut['stopped_at_step']} with a complete checkpoint, exit code {cut['exit_code']} |",
+        f"| interrupted run (`rlp-launch`) | SIGTERM to the launcher after step {cut['sigterm_sent_after_step']}; stopped "
+        f"after step {cut['stopped_at_step']}; when the launcher exited (code {cut['exit_code']}) the newest verifying "
+        f"checkpoint was {cut['checkpoint_when_launcher_exited']} |",
         f"| resumed run | from step {res['from_step']} to {res['steps_done']}, exit code {res['exit_code']} |",
+        f"| same command again on the finished run | exit code {fin['exit_code']}, already at max_steps "
+        f"{fin['already_finished']}, {fin['steps_trained']} steps trained, {fin['wall_s']:.0f} s |",
+        f"| checks on | weights after every optimizer step, policy/teacher/optimizer tensors before every save, sha256 "
+        f"per checkpoint file; runaway flags in the reference run: {chk['runaway_flags_reference']}; reference "
+        f"checkpoints left: newest verifying {chk['reference_checkpoints_at_exit']}, "
+        f"{chk['reference_checkpoints_not_verifying']} not verifying; {chk['train_s_per_step_reference']} s per step |",
         f"| non-finite events (each run) | {ref['nonfinite']} — {events} |",
         f"| memory growth per 100 steps, reference (after {ref['memory']['warmup_steps']} warm-up steps) | {mem(ref)} |",
         f"| memory growth per 100 steps, resumed process | {mem(res)} |",
