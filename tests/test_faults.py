@@ -10,11 +10,11 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_config
 from transformers import TrainerCallback
 
 import rlp_trl.resilience as resilience
 import rlp_trl.trainer as trainer_module
-from conftest import tiny_config
 from rlp_trl import RLPTrainer
 from rlp_trl.lock import LOCK_NAME, OutputDirLockedError
 from rlp_trl.resilience import CheckpointSaveError, NonFiniteError, checkpoint_problem
@@ -113,9 +113,11 @@ def test_reward_batches_all_excluded_in_a_row_stop_the_run(tiny_model_dir, tmp_p
 # ---------------------------------------------------------------------------------------------- fault 5
 def test_one_writer_per_output_dir(tiny_model_dir, tmp_path, tiny_docs, caplog):
     out = tmp_path / "out"
+    lock_py = os.path.join(os.path.dirname(resilience.__file__), "lock.py")  # alone: no torch import, starts fast
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from rlp_trl.lock import OutputDirLock; "
-         f"OutputDirLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(120)"],
+        [sys.executable, "-c", "import importlib.util as u, time; s = u.spec_from_file_location('lock', "
+         f"{lock_py!r}); m = u.module_from_spec(s); s.loader.exec_module(m); m.OutputDirLock({str(out)!r}).acquire(); "
+         "print('held', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
