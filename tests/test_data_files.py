@@ -5,11 +5,11 @@ import json
 import logging
 
 import pytest
+from tiny_model import THINK_OPEN, tiny_corpus
 from transformers import AutoTokenizer
 
 from rlp_trl import cli
 from rlp_trl.data import build_position_dataset, read_json_lines
-from tiny_model import THINK_OPEN, tiny_corpus
 
 GOOD = tiny_corpus(6, seed=3)
 
