@@ -379,6 +379,8 @@ def test_degenerate_weights_fail_at_train_start(tiny_model_dir, tmp_path, tiny_d
         ("--top_p", "1.5", "top_p"),
         ("--on_nonfinite", "ignore", "on_nonfinite"),
         ("--max_document_chars", "-1", "max_document_chars"),
+        ("--nonfinite_patience", "0", "nonfinite_patience"),
+        ("--resume_mismatch", "ignore", "resume_mismatch"),
     ],
 )
 def test_cli_rejects_bad_values_at_start(tmp_path, flag, value, field, monkeypatch):
