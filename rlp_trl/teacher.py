@@ -420,7 +420,10 @@ class ZeRO3EMATeacher(EMATeacher):
             hf_init.no_init_weights(),
             local_torch_dtype(dtype),
             prevent_arange_dtype_change(),
-            deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype),
+            # dtype from the config (its bf16/fp16 flags are the teacher's dtype): DeepSpeed 0.19's `Init(dtype=...)`
+            # ignores the argument where the accelerator has no fp16 (`dtype or fp16 if ... else bf16 if ...`), so a
+            # float32 teacher came out bf16 on CPUs without fp16 support
+            deepspeed.zero.Init(config_dict_or_path=ds_config),
             set_zero3_state(),
         ):
             module = type(model)(config)
