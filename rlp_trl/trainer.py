@@ -13,6 +13,7 @@ logging and checkpointing. What this class changes:
 * the EMA teacher: lazily built, updated after every optimizer step, saved and restored with checkpoints.
 """
 
+import contextlib
 import os
 
 import torch
@@ -21,7 +22,7 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.trainer.utils import pad
+from trl.trainer.utils import pad, use_adapter
 
 from ._trl_compat import check_trl_compat
 from .config import RLPConfig
@@ -278,6 +279,12 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
                     self.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
                     completion_ids.size(1), batch_size=batch_size,
                 )
+            ref_per_token_logps = None
+            if self.beta != 0.0:  # ablation: a KL term (the paper has none, Sec. 2.4); TRL's reference pass
+                ref_per_token_logps = self._reference_logps(
+                    torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
+                    completion_ids.size(1), batch_size,
+                )
 
         rewards = information_gain(reasoned, baseline, self.args.reward_discount)  # eq. 5
         gains = rewards
@@ -304,6 +311,8 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         }
         if old_per_token_logps is not None:
             output["old_per_token_logps"] = old_per_token_logps
+        if ref_per_token_logps is not None:
+            output["ref_per_token_logps"] = ref_per_token_logps
         if is_correction and sampling_logps_list is not None:
             output["importance_sampling_ratio"] = self._vllm_is_ratio(
                 old_per_token_logps, sampling_logps_list, thought_masks, loss_mask
@@ -312,6 +321,22 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         self._log_rlp(mode, inputs, thoughts, ends, reasoned, baseline, all_gains, all_advantages)
         self._metrics[mode]["rlp/reward_mean"].append(all_rewards.mean().item())
         return output
+
+    def _reference_logps(self, input_ids, attention_mask, logits_to_keep, batch_size):
+        """Per-token log-probs of the completions under the reference model, as TRL's GRPO computes them: its
+        `ref_model`, or with PEFT the base model (adapters disabled, or the initial copy loaded as adapter "ref")."""
+        if self.ref_model is not None:
+            model = self.ref_model
+            context = contextlib.nullcontext()
+        else:
+            model = self.model
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with context:
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+            )
+        return logps
 
     def _vllm_is_ratio(self, old_per_token_logps, sampling_logps_list, action_masks, mask):
         """Importance weights pi_theta_old / pi_vLLM on the action's tokens (TRL's truncate/mask modes, token or

@@ -112,3 +112,17 @@ def test_document_token_logps_caps_rows_per_forward(tiny):
     assert len(calls) == 1 + 3  # then one forward per document
     for a, b in zip(capped, reference):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
+def test_kl_ablation_beta_trains_against_the_reference_model(tiny_model_dir, tmp_path, tiny_docs, use_peft):
+    """beta > 0 (not the paper): the reference log-probs TRL's loss needs are computed (reference model, or the base
+    under a LoRA adapter), and the KL is logged; at step 1 the policy equals the reference, so the KL is 0."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if use_peft else None
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=2, beta=0.04), train_dataset=tiny_docs,
+                         peft_config=lora)
+    trainer.train()
+    kl = [h["kl"] for h in trainer.state.log_history if "kl" in h]
+    assert len(kl) == 2 and abs(kl[0]) < 1e-6 and kl[1] > 0
