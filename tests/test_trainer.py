@@ -587,5 +587,19 @@ def test_config_defaults_are_valid_on_one_process(tmp_path):
 
 def test_trainer_without_args_builds_a_default_config(tiny_model_dir, tiny_docs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    trainer = RLPTrainer(tiny_model_dir, train_dataset=tiny_docs)
+    # the paper's defaults need 2048 context + 2048 thought tokens; the tiny (rotary) model declares a 1024 window
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config.max_position_embeddings = 4200
+    trainer = RLPTrainer(model, train_dataset=tiny_docs)
     assert isinstance(trainer.args, RLPConfig) and trainer.args.output_dir.endswith("-RLP")
+    assert trainer.args.max_context_tokens == 2048 and trainer.args.max_completion_length == 2048
+
+
+def test_default_settings_on_a_too_small_window_fail_at_construction_naming_values_that_fit(
+    tiny_model_dir, tiny_docs, tmp_path, monkeypatch
+):
+    from rlp_trl.usage import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="more than the model's context window.*Values that fit"):
+        RLPTrainer(tiny_model_dir, train_dataset=tiny_docs)  # a 2048-token thought alone exceeds the 1024 window
