@@ -28,9 +28,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import TrainerCallback  # noqa: E402
-
-from rlp_trl import RLPConfig, RLPTrainer  # noqa: E402
+from rlp_trl import RLPConfig, RLPTrainer  # noqa: E402  (first: it quiets library warnings that are not the user's)
+from transformers import TrainerCallback  # noqa: E402, I001
 from rlp_trl.assets import default_corpus_path, default_model_path  # noqa: E402
 from rlp_trl.cli import load_documents  # noqa: E402
 from rlp_trl.eval import EvalArguments, heldout_split, mean_ci, run_eval  # noqa: E402
