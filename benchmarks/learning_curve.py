@@ -221,6 +221,18 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def eval_arguments(args: CurveArguments, output_dir: str, **overrides) -> EvalArguments:
+    """`rlp-eval` settings matching the training run: thought length, context, markers, seed."""
+    fields = dict(
+        num_documents=args.eval_documents, doc_nll_documents=args.doc_nll_documents, num_thoughts=args.eval_thoughts,
+        max_thought_tokens=args.max_thought_tokens, max_context_tokens=args.max_context_tokens,
+        think_token_init=args.think_token_init, think_open_init=args.think_open_init,
+        think_close_init=args.think_close_init, think_markers_as_text=args.think_markers_as_text, seed=args.seed,
+        output_dir=output_dir,
+    )
+    return EvalArguments(**{**fields, **overrides})
+
+
 def main(argv=None) -> dict:
     from trl import TrlParser
 
@@ -228,13 +240,7 @@ def main(argv=None) -> dict:
     base = default_model_path()
     train_docs, _ = heldout_split(load_documents(default_corpus_path()))
     snapshots, log, seconds = train(args, base, train_docs)
-    eval_args = EvalArguments(
-        num_documents=args.eval_documents, doc_nll_documents=args.doc_nll_documents, num_thoughts=args.eval_thoughts,
-        max_thought_tokens=args.max_thought_tokens, max_context_tokens=args.max_context_tokens,
-        think_token_init=args.think_token_init, think_open_init=args.think_open_init,
-        think_close_init=args.think_close_init, think_markers_as_text=args.think_markers_as_text, seed=args.seed,
-        output_dir=os.path.join(args.output_dir, "eval"),
-    )
+    eval_args = eval_arguments(args, os.path.join(args.output_dir, "eval"))
     report = run_eval(eval_args, {"base": base, **{f"step-{s}": p for s, p in snapshots}})
     result = summarize(args, snapshots, log, seconds, report)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

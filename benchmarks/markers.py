@@ -62,16 +62,10 @@ def untrained(flags: list[str], eval_documents: int, out: str) -> dict:
     from trl import TrlParser
 
     from rlp_trl.assets import default_model_path
-    from rlp_trl.eval import EvalArguments, run_eval
+    from rlp_trl.eval import run_eval
 
     (curve,) = TrlParser((learning_curve.CurveArguments,)).parse_args_and_config(args=flags)
-    eval_args = EvalArguments(
-        num_documents=eval_documents, doc_nll_documents=4, num_thoughts=curve.eval_thoughts,
-        max_thought_tokens=curve.max_thought_tokens, max_context_tokens=curve.max_context_tokens,
-        think_token_init=curve.think_token_init, think_open_init=curve.think_open_init,
-        think_close_init=curve.think_close_init, think_markers_as_text=curve.think_markers_as_text,
-        seed=curve.seed, output_dir=out,
-    )
+    eval_args = learning_curve.eval_arguments(curve, out, num_documents=eval_documents, doc_nll_documents=4)
     m = next(iter(run_eval(eval_args, {"base": default_model_path()})["models"].values()))
     keep = ("thought_closed_frac", "thought_truncated_frac", "thought_length_mean", "example_thoughts")
     return {"info_gain": m["summary"]["info_gain"], "thinking_helps_frac": m["summary"]["thinking_helps_frac"],
