@@ -111,7 +111,13 @@ def _encode_each(tokenizer, texts):
     return out
 
 
-def _tokenize(batch, indices, tokenizer, text_field, bos_ids, max_chars, seed):
+# datasets caches `map` results under a fingerprint of the function and its arguments, and a module-level function
+# may hash the same after this file changes: the code's own hash goes into the arguments, so an upgrade of rlp_trl
+# never reuses a map computed by older code (seen: a cached `_tokenize` result without a newer work column).
+_CODE_VERSION = hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:16]
+
+
+def _tokenize(batch, indices, tokenizer, text_field, bos_ids, max_chars, seed, code_version=None):
     if text_field not in batch:
         raise UsageError(
             f"The dataset has no text column {text_field!r}; its columns are {sorted(batch)}. "
@@ -144,7 +150,7 @@ def _tokenize(batch, indices, tokenizer, text_field, bos_ids, max_chars, seed):
     return {"_doc_ids": ids, "_skip": reasons, "_len": lengths, "_windowed": windowed, "_where": list(where)}
 
 
-def _positions(batch, indices, *, open_ids, max_context, min_context, horizon, k, strategy, seed):
+def _positions(batch, indices, *, open_ids, max_context, min_context, horizon, k, strategy, seed, code_version=None):
     out = {"prompt": [], "context_ids": [], "target_ids": [], "doc_index": [], "position": []}
     logps = batch["_logps"] if "_logps" in batch else [None] * len(indices)
     for ids, index, token_logps in zip(batch["_doc_ids"], indices, logps):
@@ -194,7 +200,8 @@ def build_position_dataset(
     tokenized = dataset.map(
         _tokenize, batched=True, with_indices=True, remove_columns=columns,
         fn_kwargs=dict(
-            tokenizer=tokenizer, text_field=text_field, bos_ids=bos_ids, max_chars=max_document_chars, seed=seed
+            tokenizer=tokenizer, text_field=text_field, bos_ids=bos_ids, max_chars=max_document_chars, seed=seed,
+            code_version=_CODE_VERSION,
         ),
     )
     work_columns = list(_WORK_COLUMNS)
@@ -206,7 +213,7 @@ def build_position_dataset(
     min_tokens = max(min_context_tokens, 1) + reward_horizon
     positions_kwargs = dict(
         open_ids=list(open_ids), max_context=max_context_tokens, min_context=min_context_tokens, horizon=reward_horizon,
-        k=positions_per_document, strategy=position_strategy, seed=seed,
+        k=positions_per_document, strategy=position_strategy, seed=seed, code_version=_CODE_VERSION,
     )
     stats = PositionStats()
     if isinstance(tokenized, Dataset):
