@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .usage import UsageError
+from ..usage import UsageError
 
 TEACHER_WEIGHTS = "rlp_teacher.safetensors"
 TEACHER_STATE = "rlp_teacher.json"
@@ -341,7 +341,7 @@ class EMATeacher:
 
 
 def _check_loaded_finite(named, path: str) -> None:
-    from .resilience import NonFiniteError, scan_tensors
+    from ..resilience import NonFiniteError, scan_tensors
 
     bad, _ = scan_tensors(named)
     if bad:
