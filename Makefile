@@ -61,7 +61,7 @@ $(DS_OPS): $(STAMP)
 setup: $(STAMP) $(DS_OPS)
 
 assets: setup
-	$(PY) -m rlp_trl.assets
+	$(PY) -m rlp_trl.tools.assets
 
 demo: assets
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \

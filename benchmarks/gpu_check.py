@@ -137,7 +137,7 @@ def cmd_prepare(directory: Path) -> None:
     # model config + tokenizer of the embedded SmolLM2 (no weights: step_cost.py's random:<h>x<l> needs only these)
     # and the embedded corpus, for the ZeRO-2 run
     sys.path.insert(0, str(ROOT))
-    from rlp_trl.assets import READY_FILE, default_corpus_path, default_model_path
+    from rlp_trl.tools.assets import READY_FILE, default_corpus_path, default_model_path
 
     src, dst = Path(default_model_path()), directory / "assets" / "smollm2-135m"
     dst.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ def cmd_make_model(spec: str, out: str) -> None:
         return
     from step_cost import random_config
 
-    from rlp_trl.assets import default_model_path
+    from rlp_trl.tools.assets import default_model_path
 
     path = default_model_path()
     torch.manual_seed(0)
@@ -236,15 +236,15 @@ def cmd_make_model(spec: str, out: str) -> None:
 
 
 def cmd_zero2(argv: list[str]) -> None:
-    """`accelerate launch ... gpu_check.py zero2 <rlp-train flags>`: rlp_trl.cli.main, recording the backend, the
-    step times and the peak memory into $OUT/zero2.json."""
+    """`accelerate launch ... gpu_check.py zero2 <rlp-train flags>`: rlp_trl.tools.train.main, recording the backend,
+    the step times and the peak memory into $OUT/zero2.json."""
     import time
 
     import torch
     from transformers import TrainerCallback
 
     sys.path.insert(0, str(ROOT))
-    from rlp_trl import cli
+    from rlp_trl.tools import train as cli
     from rlp_trl.trainer import RLPTrainer
 
     steps = []

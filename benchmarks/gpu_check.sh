@@ -90,7 +90,7 @@ if [ "$MODE" = gpu ]; then
 else
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     export RLP_TRL_CACHE=${RLP_TRL_CACHE:-$HOME/.cache/rlp_trl}  # the converted SmolLM2 (make assets)
-    CORPUS=$("$PY" -c "from rlp_trl.assets import default_corpus_path as p; print(p())")
+    CORPUS=$("$PY" -c "from rlp_trl.tools.assets import default_corpus_path as p; print(p())")
     run_step verify 120 "$PY" benchmarks/gpu_check.py verify
     if [ -d "$WHEELS" ]; then run_step plan 60 "$PY" benchmarks/gpu_check.py plan "$WHEELS"; fi
     MODEL_SPEC=tiny

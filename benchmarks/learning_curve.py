@@ -3,11 +3,11 @@
     python benchmarks/learning_curve.py [--minutes 60] [--output_dir outputs/learning_curve] \
         [--json docs/learning_curve.json] [--plot docs/learning_curve.png] [any option below]
 
-1. The embedded corpus (Wikipedia math/science extracts) is split by `rlp_trl.eval.heldout_split`: RLP trains on
-   ~90% of the documents, the rest is never seen.
+1. The embedded corpus (Wikipedia math/science extracts) is split by `rlp_trl.tools.heldout.heldout_split`: RLP
+   trains on ~90% of the documents, the rest is never seen.
 2. `RLPTrainer` trains the embedded SmolLM2-135M-Instruct (markers added as the trainer adds them) until `--minutes`
    of wall clock have passed (or `--max_steps`), saving the weights at `--snapshots` evenly spaced times and at the end.
-3. `rlp-eval` (`rlp_trl.eval.run_eval`) scores the untouched base model (with the same marker rows) and every
+3. `rlp-eval` (`rlp_trl.tools.eval.run_eval`) scores the untouched base model (with the same marker rows) and every
    snapshot on the held-out documents: identical positions and thought seeds, so each difference is paired.
 4. Writes the JSON (held-out information gain with 95% CIs per snapshot, the paired difference of the last snapshot
    against the base, training closing/truncation rates and thought lengths over the first and last 10% of steps, the
@@ -30,9 +30,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from rlp_trl import RLPConfig, RLPTrainer  # noqa: E402  (first: it quiets library warnings that are not the user's)
 from transformers import TrainerCallback  # noqa: E402, I001
-from rlp_trl.assets import default_corpus_path, default_model_path  # noqa: E402
-from rlp_trl.cli import load_documents  # noqa: E402
-from rlp_trl.eval import EvalArguments, heldout_split, mean_ci, run_eval  # noqa: E402
+from rlp_trl.tools.assets import default_corpus_path, default_model_path  # noqa: E402
+from rlp_trl.tools.eval import EvalArguments, run_eval  # noqa: E402
+from rlp_trl.tools.heldout import heldout_split  # noqa: E402
+from rlp_trl.tools.stats import mean_ci  # noqa: E402
+from rlp_trl.tools.train import load_documents  # noqa: E402
 
 
 @dataclass

@@ -61,8 +61,8 @@ def untrained(flags: list[str], eval_documents: int, out: str) -> dict:
     """rlp-eval of the untrained embedded model with one scheme's markers (the settings of learning_curve.py)."""
     from trl import TrlParser
 
-    from rlp_trl.assets import default_model_path
-    from rlp_trl.eval import run_eval
+    from rlp_trl.tools.assets import default_model_path
+    from rlp_trl.tools.eval import run_eval
 
     (curve,) = TrlParser((learning_curve.CurveArguments,)).parse_args_and_config(args=flags)
     eval_args = learning_curve.eval_arguments(curve, out, num_documents=eval_documents, doc_nll_documents=4)

@@ -180,7 +180,7 @@ def _model_and_docs(model: str, work: str):
         if not os.path.exists(os.path.join(path, "config.json")):
             build_tiny_model(path)
         return path, tiny_corpus(16)
-    from rlp_trl.assets import default_corpus_path, default_model_path
+    from rlp_trl.tools.assets import default_corpus_path, default_model_path
 
     path = default_model_path() if model == "smollm2" else model
     with open(default_corpus_path()) as f:

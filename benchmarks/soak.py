@@ -176,7 +176,7 @@ def worker(args) -> int:
 # ---------------------------------------------------------------------------------------------- orchestrator
 def run_worker(args, run_dir: str, resume: bool = False, interrupt_at: int | None = None, launch: bool = False) -> dict:
     """One worker process; with `launch`, under `rlp-launch` (the SIGTERM then goes to the launcher)."""
-    head = [sys.executable, "-m", "rlp_trl.launch", "--"] if launch else []
+    head = [sys.executable, "-m", "rlp_trl.tools.launch", "--"] if launch else []
     cmd = [*head, sys.executable, os.path.abspath(__file__), "--worker", "--out", args.out, "--run-dir", run_dir,
            "--steps", str(args.steps), "--save-steps", str(args.save_steps), "--seed", str(args.seed),
            "--nan-reward-every", str(args.nan_reward_every), "--nan-grad-every", str(args.nan_grad_every)]

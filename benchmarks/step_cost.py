@@ -235,7 +235,7 @@ def load_model(name: str):
 
         path = build_tiny_model(os.path.join(tempfile.gettempdir(), "rlp_trl_bench_tiny"))
     elif name == "smollm2" or name.startswith("random:"):
-        from rlp_trl.assets import default_model_path
+        from rlp_trl.tools.assets import default_model_path
 
         path = default_model_path()
     else:
@@ -277,7 +277,7 @@ def corpus_tokens(name: str, tokenizer, needed: int) -> list[int]:
 
         texts = tiny_corpus(400, seed=7)
     else:
-        from rlp_trl.assets import default_corpus_path
+        from rlp_trl.tools.assets import default_corpus_path
 
         with open(default_corpus_path()) as f:
             texts = [json.loads(line)["text"] for line in f]

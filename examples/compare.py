@@ -6,7 +6,8 @@
 2. RLP: `examples/configs/demo_cpu.yaml` (2 contexts x G=4 rollouts per step, 32-token thoughts, 128-token contexts)
    on the train split for `--rlp_steps` steps.
 3. CPT: next-token prediction on the same train split from the same base model, with the token budget of step 2
-   (`rlp_trl.cpt`: equal FLOPs by default, `--cpt_match tokens` for equal input tokens) and the same learning rate.
+   (`rlp_trl.tools.cpt`: equal FLOPs by default, `--cpt_match tokens` for equal input tokens) and the same learning
+   rate.
 4. `rlp-eval` on the held-out split for the three models (same positions, same seeds) and `rlp-bench` (reasoning-gym
    and CHAMP problems, with and without a thought) for each.
 5. One table on stdout, `compare.json` and `compare.png` in `--output_dir`.
@@ -30,12 +31,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rlp_trl import cpt  # noqa: E402
-from rlp_trl.assets import default_corpus_path, default_model_path  # noqa: E402
-from rlp_trl.benchmarks import run_benchmarks  # noqa: E402
-from rlp_trl.cli import load_documents  # noqa: E402
-from rlp_trl.cli import main as rlp_train  # noqa: E402
-from rlp_trl.eval import EvalArguments, heldout_split, load_with_markers, run_eval  # noqa: E402
+from rlp_trl.tools import cpt  # noqa: E402
+from rlp_trl.tools.assets import default_corpus_path, default_model_path  # noqa: E402
+from rlp_trl.tools.bench import run_benchmarks  # noqa: E402
+from rlp_trl.tools.eval import EvalArguments, run_eval  # noqa: E402
+from rlp_trl.tools.heldout import heldout_split, load_with_markers  # noqa: E402
+from rlp_trl.tools.train import load_documents  # noqa: E402
+from rlp_trl.tools.train import main as rlp_train  # noqa: E402
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo_cpu.yaml")
 
@@ -45,7 +47,7 @@ class CompareArguments:
     output_dir: str = field(default="outputs/compare", metadata={"help": "Models, JSON, plot."})
     rlp_steps: int = field(default=32, metadata={"help": "RLP optimizer steps (2 contexts x 4 rollouts each)."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of both RLP and CPT."})
-    cpt_match: str = field(default="flops", metadata={"help": "'flops' or 'tokens' (rlp_trl.cpt)."})
+    cpt_match: str = field(default="flops", metadata={"help": "'flops' or 'tokens' (rlp_trl.tools.cpt)."})
     eval_documents: int = field(default=64, metadata={"help": "Held-out documents (one position each) for rlp-eval."})
     doc_nll_documents: int = field(default=48, metadata={"help": "Held-out documents for the whole-document NLL."})
     eval_thoughts: int = field(default=4, metadata={"help": "K thoughts per position."})

@@ -84,11 +84,18 @@ def one_line(error: BaseException) -> str:
 
 
 def prog_name(default: str) -> str:
-    """The name the user typed: `rlp-train`, `train_rlp.py`, ...; `default` for `python -m` and `-c`."""
+    """The name the user typed: `rlp-train`, `train_rlp.py`, ...; `default` for `python -m` (of a module of
+    rlp_trl/tools/, whose file name is not what the user typed) and `-c`."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return name if name.startswith("rlp-") or (name.endswith(".py") and name not in ("__main__.py", "cli.py",
-                                                                                     "eval.py", "benchmarks.py",
-                                                                                     "cpt.py")) else default
+    return name if name.startswith("rlp-") or (name.endswith(".py") and name != "__main__.py"
+                                               and not _is_tool_module(sys.argv[0])) else default
+
+
+def _is_tool_module(path: str) -> bool:
+    """A file of rlp_trl/tools/ (`python -m rlp_trl.tools.train` puts its path in argv[0]); only a path comparison:
+    the core does not import the tools."""
+    tools = os.path.join(os.path.dirname(os.path.realpath(__file__)), "tools")
+    return os.path.dirname(os.path.realpath(path)) == tools
 
 
 def report(prog: str, error: BaseException) -> int:

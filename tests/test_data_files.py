@@ -8,7 +8,7 @@ import pytest
 from tiny_model import THINK_OPEN, tiny_corpus
 from transformers import AutoTokenizer
 
-from rlp_trl import cli
+from rlp_trl.tools import train as cli
 from rlp_trl.data import build_position_dataset, read_json_lines
 
 GOOD = tiny_corpus(6, seed=3)

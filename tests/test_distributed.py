@@ -1,6 +1,6 @@
 """Scale-out on the tiny model, through the shipped accelerate configs (examples/accelerate_configs/):
 
-* `accelerate launch --num_processes 2` of `tests/dist_worker.py` (= `rlp_trl.cli.main`, the code behind
+* `accelerate launch --num_processes 2` of `tests/dist_worker.py` (= `rlp_trl.tools.train.main`, the code behind
   examples/train_rlp.py) with each config: DDP (gloo), DeepSpeed ZeRO-2, ZeRO-3 (+ gradient checkpointing, + PEFT),
   ZeRO-3 with CPU offload. Each launch trains 2 steps with a checkpoint per step, then resumes a second run from
   checkpoint-1. Checked: groups of G intact across ranks, metrics equal on both ranks and to the gathered rollouts, the

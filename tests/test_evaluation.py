@@ -14,16 +14,10 @@ from datasets import Dataset
 from tiny_model import THINK_CLOSE, THINK_OPEN, tiny_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlp_trl import benchmarks, cpt
-from rlp_trl.eval import (
-    compare_positions,
-    heldout_split,
-    mean_ci,
-    position_metrics,
-    reasoned_logps,
-    summarize_positions,
-    wilson_ci,
-)
+from rlp_trl.tools import bench as benchmarks
+from rlp_trl.tools import cpt
+from rlp_trl.tools.heldout import heldout_split, reasoned_logps
+from rlp_trl.tools.stats import compare_positions, mean_ci, position_metrics, summarize_positions, wilson_ci
 from rlp_trl.scoring import pad_rows, score_last_tokens
 
 
@@ -99,7 +93,7 @@ def test_reasoned_logps_match_a_teacher_forced_pass(tiny):
 
 
 def test_rlp_eval_cli_writes_json_and_plot(tiny_model_dir, tmp_path):
-    from rlp_trl.eval import format_table, main
+    from rlp_trl.tools.eval import format_table, main
 
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in tiny_corpus(6)))

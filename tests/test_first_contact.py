@@ -32,7 +32,7 @@ def docs_jsonl(tmp_path):
 
 def run_train(capsys, argv):
     """rlp-train in-process: (exit status, stderr)."""
-    from rlp_trl.cli import cli
+    from rlp_trl.tools.train import cli
 
     code = cli(argv)
     return code, capsys.readouterr().err
@@ -155,7 +155,7 @@ def test_default_context_fits_the_window_and_an_explicit_impossible_one_fails_be
 
 # ------------------------------------------------------------------------- row: a folder of wrapped .txt files
 def test_a_folder_of_txt_files_splits_at_blank_lines_like_one_file(tmp_path):
-    from rlp_trl.cli import load_documents
+    from rlp_trl.tools.train import load_documents
 
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -177,7 +177,7 @@ def test_a_folder_of_txt_files_splits_at_blank_lines_like_one_file(tmp_path):
 
 # ------------------------------------------------------------------------- row: --help
 def test_help_describes_rlp_lists_config_and_puts_rlp_options_first(capsys):
-    from rlp_trl.cli import cli
+    from rlp_trl.tools.train import cli
 
     with pytest.raises(SystemExit) as info:
         cli(["--help"])
@@ -231,7 +231,7 @@ def test_card_names_the_embedded_base_model(tmp_path):
 
 
 def test_no_bitsandbytes_kernel_line_on_import():
-    proc = subprocess.run([sys.executable, "-c", "import rlp_trl, rlp_trl.cli"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", "import rlp_trl, rlp_trl.tools.train"], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "gemm_4bit_forward" not in proc.stderr and "FutureWarning" not in proc.stderr
@@ -242,8 +242,8 @@ def test_rlp_eval_and_bench_load_a_lora_output_folder(tmp_path, tiny_model_dir, 
     from peft import LoraConfig
 
     from rlp_trl import RLPTrainer
-    from rlp_trl.eval import cli as eval_cli
-    from rlp_trl.eval import load_with_markers
+    from rlp_trl.tools.eval import cli as eval_cli
+    from rlp_trl.tools.heldout import load_with_markers
 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=1), train_dataset=tiny_docs,
@@ -269,7 +269,7 @@ def test_rlp_eval_and_bench_load_a_lora_output_folder(tmp_path, tiny_model_dir, 
 def test_rlp_bench_runs_lm_eval_on_the_shipped_offline_task(tmp_path, tiny_model_dir):
     pytest.importorskip("lm_eval")
     pytest.importorskip("reasoning_gym")
-    from rlp_trl.benchmarks import cli as bench_cli
+    from rlp_trl.tools.bench import cli as bench_cli
 
     out = tmp_path / "bench"
     code = bench_cli(["--model_name_or_path", tiny_model_dir, "--lm_eval", "rlp_gsm_symbolic", "--num_problems", "3",

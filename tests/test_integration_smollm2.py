@@ -21,7 +21,7 @@ RLP_METRICS = [
 
 
 def _smollm2_path() -> str:
-    from rlp_trl.assets import default_model_path
+    from rlp_trl.tools.assets import default_model_path
 
     try:
         return default_model_path()
@@ -31,7 +31,7 @@ def _smollm2_path() -> str:
 
 def _corpus(n: int) -> Dataset:
     """The first n documents of the embedded Wikipedia math/science corpus (tiny corpus if that package is absent)."""
-    from rlp_trl.assets import default_corpus_path
+    from rlp_trl.tools.assets import default_corpus_path
 
     try:
         path = default_corpus_path()
@@ -81,7 +81,7 @@ def test_smollm2_two_rlp_steps(tmp_path):
 
 
 def test_cli_one_step_on_the_tiny_model(tiny_model_dir, tmp_path):
-    from rlp_trl.cli import main
+    from rlp_trl.tools.train import main
 
     corpus = tmp_path / "corpus.jsonl"
     with open(corpus, "w", encoding="utf-8") as f:

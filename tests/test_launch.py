@@ -3,7 +3,7 @@ process) and `rlp-launch torchrun ...` (two processes) reaches every training pr
 complete checkpoint is written *before* the launcher exits, and a new run resumes from it.
 
 `accelerate launch` alone dies at once on SIGTERM, leaving its child training on (the fault this file reproduces
-first); `rlp-launch` (rlp_trl/launch.py) forwards the signal to the registered training processes and waits."""
+first); `rlp-launch` (rlp_trl/tools/launch.py) forwards the signal to the registered training processes and waits."""
 
 import os
 import signal
@@ -130,7 +130,7 @@ def test_sigterm_to_rlp_launch_of_accelerate_then_resume(tiny_model_dir, corpus,
     to an `exec`'d batch script), or to every process of the job at once (--signal=TERM, scancel): the training
     process finishes its step and saves, and rlp-launch exits 143 only after the checkpoint is complete."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "rlp_trl.launch", os.path.join(BIN, "accelerate"), "launch", "--num_processes", "1",
+    cmd = [sys.executable, "-m", "rlp_trl.tools.launch", os.path.join(BIN, "accelerate"), "launch", "--num_processes", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", os.path.join(ROOT, "examples", "train_rlp.py"),
            *_flags(tiny_model_dir, corpus, out)]
     proc, lines = _run_until_steps(cmd, 2)
@@ -165,7 +165,7 @@ def test_sigterm_to_rlp_launch_of_two_processes_then_resume(tiny_model_dir, corp
         head = [os.path.join(BIN, "accelerate"), "launch", "--config_file",
                 os.path.join(ROOT, "examples", "accelerate_configs", "multi_gpu.yaml"), "--num_processes", "2",
                 "--mixed_precision", "no", "--main_process_port", str(_free_port())]
-    cmd = [sys.executable, "-m", "rlp_trl.launch", *head, os.path.join(ROOT, "examples", "train_rlp.py"),
+    cmd = [sys.executable, "-m", "rlp_trl.tools.launch", *head, os.path.join(ROOT, "examples", "train_rlp.py"),
            *_flags(tiny_model_dir, corpus, out, per_device=4)]
     proc, lines = _run_until_steps(cmd, 2)
     try:

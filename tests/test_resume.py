@@ -226,7 +226,7 @@ def test_sigterm_to_a_training_process_then_resume(tiny_model_dir, tmp_path):
         min_context_tokens=4, logging_steps=1, save_strategy="no", report_to="none", bf16="false",
         gradient_checkpointing="false", use_cpu="true", disable_tqdm="true", learning_rate=1e-3, seed=0,
     )
-    argv = [sys.executable, "-m", "rlp_trl.cli"] + [f"--{k}={v}" for k, v in flags.items()]
+    argv = [sys.executable, "-m", "rlp_trl.tools.train"] + [f"--{k}={v}" for k, v in flags.items()]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     logged, lines = 0, []

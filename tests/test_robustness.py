@@ -384,7 +384,7 @@ def test_degenerate_weights_fail_at_train_start(tiny_model_dir, tmp_path, tiny_d
     ],
 )
 def test_cli_rejects_bad_values_at_start(tmp_path, flag, value, field, monkeypatch):
-    from rlp_trl import cli
+    from rlp_trl.tools import train as cli
 
     def no_model(*args, **kwargs):
         raise AssertionError("the config must be rejected before anything is loaded")

@@ -176,7 +176,7 @@ def test_added_marker_rows_start_from_their_init_text(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- the demo's summary
 def test_window_stats_pools_the_spread():
-    from rlp_trl.cli import window_stats
+    from rlp_trl.tools.train import window_stats
 
     history = [
         {"rlp/info_gain_mean": -1.0, "rlp/info_gain_std": 1.0, "rlp/thought_closed_frac": 0.5, "rlp/thought_truncated_frac": 0.25},
@@ -188,7 +188,7 @@ def test_window_stats_pools_the_spread():
 
 
 def test_summary_says_whether_thinking_is_learning(tiny_model_dir, tmp_path, tiny_docs):
-    from rlp_trl.cli import summarize
+    from rlp_trl.tools.train import summarize
 
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=4), train_dataset=tiny_docs)
     trainer.train()

@@ -12,7 +12,7 @@ packages and are prepared once into a local cache (``$RLP_TRL_CACHE``, else ``~/
 
 Neither package is imported (their ``__init__`` needs software we do not install); only their folders are read.
 Writes are atomic, so an interrupted preparation is simply redone on the next call. Run
-``python -m rlp_trl.assets`` to prepare both and print their paths.
+``python -m rlp_trl.tools.assets`` to prepare both and print their paths.
 """
 
 import importlib.util
@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ._extras import MissingExtraError, require
+from .._extras import MissingExtraError, require
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

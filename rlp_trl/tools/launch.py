@@ -1,8 +1,8 @@
 """`rlp-launch`: run a launcher so that a stop signal reaches every training process and the exit waits for the save.
 
     rlp-launch accelerate launch --num_processes 8 examples/train_rlp.py --resume_from_checkpoint auto ...
-    rlp-launch torchrun --nproc_per_node 8 -m rlp_trl.cli --resume_from_checkpoint auto ...
-    python -m rlp_trl.launch [--kill-after SECONDS] -- <any command>
+    rlp-launch torchrun --nproc_per_node 8 -m rlp_trl.tools.train --resume_from_checkpoint auto ...
+    python -m rlp_trl.tools.launch [--kill-after SECONDS] -- <any command>
 
 Why: `accelerate launch` with one process runs the script as a child and dies at once on SIGTERM without waiting
 for it; `torchrun` (and `accelerate launch` with several processes, which uses it) starts its workers in their own
