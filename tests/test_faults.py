@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_config
 from transformers import TrainerCallback
 
+import rlp_trl.lock
 import rlp_trl.resilience as resilience
 import rlp_trl.trainer as trainer_module
 from rlp_trl import RLPTrainer
@@ -113,7 +114,7 @@ def test_reward_batches_all_excluded_in_a_row_stop_the_run(tiny_model_dir, tmp_p
 # ---------------------------------------------------------------------------------------------- fault 5
 def test_one_writer_per_output_dir(tiny_model_dir, tmp_path, tiny_docs, caplog):
     out = tmp_path / "out"
-    lock_py = os.path.join(os.path.dirname(resilience.__file__), "lock.py")  # alone: no torch import, starts fast
+    lock_py = rlp_trl.lock.__file__  # alone: no torch import, starts fast
     holder = subprocess.Popen(
         [sys.executable, "-c", "import importlib.util as u, time; s = u.spec_from_file_location('lock', "
          f"{lock_py!r}); m = u.module_from_spec(s); s.loader.exec_module(m); m.OutputDirLock({str(out)!r}).acquire(); "
@@ -156,7 +157,7 @@ def test_disk_full_during_a_save_names_the_last_good_checkpoint(tiny_model_dir, 
 
 # ---------------------------------------------------------------------------------------------- fault 8
 def test_runaway_learning_rate_is_flagged(tiny_model_dir, tmp_path, tiny_docs, monkeypatch, caplog):
-    monkeypatch.setattr(resilience, "ZERO_GRAD_STEPS", 2)
+    monkeypatch.setattr(resilience.nonfinite, "ZERO_GRAD_STEPS", 2)
     trainer = _trainer(tiny_model_dir, tmp_path, tiny_docs, max_steps=5, learning_rate=1e3)
     trainer.train()  # finite, so nothing stops it: flagged, not stopped
     totals = trainer.nonfinite_guard.totals
@@ -175,7 +176,7 @@ def test_runaway_gain_and_zero_gradients_are_flagged():
     fake = SimpleNamespace(
         _metrics={"train": defaultdict(list)}, state=SimpleNamespace(global_step=4), model=model,
         accelerator=SimpleNamespace(unwrap_model=lambda m: m, num_processes=1, scaler=None),
-        args=SimpleNamespace(reward_horizon=1, output_dir="/nonexistent"),
+        args=SimpleNamespace(reward_horizon=1, output_dir="/nonexistent"), is_deepspeed_enabled=False,
     )
     guard = resilience.NonFiniteGuard(fake, "skip")
     guard.check_rewards(torch.tensor([0.5, -3.0, 1.0, 2.0]), 4)  # sane: |gain| << 10 log(1024) = 69
