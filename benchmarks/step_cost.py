@@ -5,7 +5,7 @@ Variants, all on the same model, prompts of the same token length, G, thought le
     grpo            plain `GRPOTrainer`, constant reward, TRL's default generation (`model.generate` on every row)
                     and loss pass (every row's prompt + completion)
     grpo_shared     the same with rlp_trl's prefix sharing (one prefill per context in the sampler, one prompt
-                    forward per context in the loss pass): `PrefixSharedGenerationMixin`
+                    forward per context in the loss pass), as RLPTrainer uses them
     rlp             `RLPTrainer` defaults: prefix sharing as above, S_pred read from the sampler's KV cache,
                     one EMA-teacher pass per distinct context
     rlp_no_sharing  `RLPConfig(prefix_sharing=False)`: TRL's generation and loss pass + one extra batched S_pred pass
@@ -53,14 +53,16 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer
+from trl.models import unwrap_model_for_generation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import rlp_trl.trainer as rlp_trainer_module
 from rlp_trl import RLPConfig, RLPTrainer
-from rlp_trl.generation import PrefixSharedGenerationMixin
-from rlp_trl.trainer import prepare_think_markers
+from rlp_trl.generation import prefix_shared_sample
+from rlp_trl.shared_prefix import policy_logps
+from rlp_trl.markers import prepare_think_markers
 
 VARIANTS = ("grpo", "grpo_shared", "rlp", "rlp_no_sharing", "rlp_naive")
 # Variants timed together (in turns, all in memory); each ratio comes from one group holding both of its variants.
@@ -82,14 +84,9 @@ CUDA = torch.cuda.is_available()
 class _Timed:
     """Records rollout-phase times and prefill token counts of one trainer."""
 
-    def _generate(self, prompts):
-        start = time.perf_counter()
-        out = super()._generate(prompts)
+    def _record_generation(self, start, prompts, prefill_tokens=None):
         self.bench["generate_s"].append(time.perf_counter() - start)
-        sample = getattr(self, "_last_sample", None)
-        prefill = sample.prefill_tokens if sample is not None else len(prompts) * max(map(len, prompts))
-        self.bench["prefill_tokens"].append(prefill)
-        return out
+        self.bench["prefill_tokens"].append(prefill_tokens or len(prompts) * max(map(len, prompts)))
 
     def _generate_and_score_completions(self, inputs):
         start = time.perf_counter()
@@ -106,15 +103,40 @@ class _TokenPrompts:
 
 
 class TimedGRPO(_Timed, _TokenPrompts, GRPOTrainer):
-    pass
+    _prefill_tokens = None
+
+    def _generate(self, prompts):
+        start = time.perf_counter()
+        out = super()._generate(prompts)
+        self._record_generation(start, prompts, self._prefill_tokens)
+        return out
 
 
-class TimedSharedGRPO(_Timed, _TokenPrompts, PrefixSharedGenerationMixin, GRPOTrainer):
-    pass
+class TimedSharedGRPO(TimedGRPO):
+    """GRPO with rlp_trl's prefix sharing: `prefix_shared_sample` in place of `generate`, and the shared-prompt loss
+    pass (`rlp_trl.shared_prefix.policy_logps`), as `RLPTrainer` uses them."""
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model, torch.no_grad():
+            sample = prefix_shared_sample(model, prompt_ids, self.generation_config)
+        self._prefill_tokens = sample.prefill_tokens
+        return sample.completion_ids, None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **extra):
+        logps, entropies = policy_logps(
+            model, self.accelerator.unwrap_model(model), input_ids, attention_mask, logits_to_keep,
+            batch_size or input_ids.size(0), compute_entropy, self.accelerator.autocast, share=True,
+        )
+        return logps, entropies, None
 
 
 class TimedRLP(_Timed, RLPTrainer):
-    pass
+    def sample_thoughts(self, prompts, suffixes=None):
+        start = time.perf_counter()
+        rollouts = super().sample_thoughts(prompts, suffixes)
+        self._record_generation(start, prompts, rollouts.prefill_tokens)
+        return rollouts
 
 
 @torch.no_grad()

@@ -43,16 +43,15 @@ IMPORTS = [
 # ZeRO-3 teacher's construction; rlp_trl/teacher.py falls back to what older transformers do themselves).
 
 # method of GRPOTrainer (or its base transformers.Trainer) -> parameters RLP passes or receives (by name).
-# Overridden by RLPTrainer and its mixins (an override of a method TRL no longer calls would be dead code) or called
+# Overridden by RLPTrainer (an override of a method TRL no longer calls would be dead code) or called
 # through super().
 METHODS = {
     "_generate_and_score_completions": ["inputs"],
     "_generate": ["prompts"],  # returns the 8-tuple (prompt_ids, completion_ids, ..., tool_images) of TRL 1.16
-    "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"],
     "_get_per_token_logps_and_entropies": [
         "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy", "compute_aux_loss",
     ],
-    "_compute_loss": ["model", "inputs"],
+    "_compute_loss": ["model", "inputs"],  # not overridden: eq. 8 is TRL's loss_type="grpo" over `tool_mask` (below)
     "_tokenize_prompts": ["prompts"],
     "_set_signature_columns_if_needed": [],
     "_save_checkpoint": ["model", "trial"],
@@ -67,15 +66,16 @@ CALLBACK_EVENTS = ["on_optimizer_step", "on_pre_optimizer_step", "on_step_end"]
 
 # Attributes GRPOTrainer.__init__ (or Trainer.__init__) sets that RLP reads or writes.
 ATTRIBUTES = [
-    "_metrics", "_logs", "_step", "_buffered_inputs", "_signature_columns", "_tokenizer",
-    "eos_token_ids", "generation_kwargs", "use_vllm", "use_transformers_continuous_batching",
-    "num_generations", "num_generations_eval", "num_iterations",
-    "loss_type", "beta", "epsilon_low", "epsilon_high", "importance_sampling_level", "top_entropy_quantile",
-    "_entropy_bonus_enabled", "off_policy_mask_threshold", "aux_loss_enabled",
+    "_metrics", "_logs", "_step", "_buffered_inputs", "_signature_columns", "_tokenizer", "_dist",
+    "eos_token_ids", "generation_kwargs", "generation_config", "use_vllm", "use_transformers_continuous_batching",
+    "num_generations", "num_generations_eval", "num_iterations", "beta", "ref_model",
     "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
     "vllm_importance_sampling_clip_min", "vllm_importance_sampling_clip_max",
     "is_deepspeed_enabled", "is_fsdp_enabled", "model_wrapped",
 ]
+# RLP's action (the thought and a sampled close marker) reaches the loss only through this input of TRL's
+# `_compute_loss`: a TRL that stopped reading it would train on the teacher-forced target tokens.
+LOSS_INPUTS = ["tool_mask", "advantages", "old_per_token_logps", "importance_sampling_ratio"]
 # The log buffers RLP appends to (TRL's log_completions table).
 LOG_KEYS = ["prompt", "completion", "rewards", "advantages", "extra"]
 
@@ -130,6 +130,14 @@ def missing_class_members(grpo_trainer=None, trainer_callback=None) -> list[str]
         lost = [p for p in params if p not in have and not takes_kwargs]
         if lost:
             problems.append(f"{grpo_trainer.__name__}.{name} no longer takes {', '.join(lost)}")
+    try:
+        loss_source = inspect.getsource(grpo_trainer._compute_loss)
+    except (AttributeError, OSError, TypeError):
+        loss_source = None
+    if loss_source is not None:
+        unread = [key for key in LOSS_INPUTS if f'"{key}"' not in loss_source]
+        if unread:
+            problems.append(f"{grpo_trainer.__name__}._compute_loss no longer reads {', '.join(unread)}")
     for event in CALLBACK_EVENTS:
         if not callable(getattr(trainer_callback, event, None)):
             problems.append(f"TrainerCallback.{event} is missing")

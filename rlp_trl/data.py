@@ -235,6 +235,29 @@ def build_position_dataset(
     return positions, stats
 
 
+POSITION_COLUMNS = ("prompt", "context_ids", "target_ids")
+
+
+def to_position_dataset(dataset, tokenizer, args, open_ids: list[int], position_scorer=None):
+    """`build_position_dataset` with a run's `RLPConfig`; a dataset that already holds positions (`POSITION_COLUMNS`)
+    is used as is, a dict of datasets (splits) is converted split by split. Returns (positions, stats or None)."""
+    if isinstance(dataset, dict):
+        converted = {k: to_position_dataset(v, tokenizer, args, open_ids, position_scorer) for k, v in dataset.items()}
+        return {k: v[0] for k, v in converted.items()}, next((v[1] for v in converted.values() if v[1]), None)
+    if dataset.column_names is not None and set(POSITION_COLUMNS) <= set(dataset.column_names):
+        return dataset, None
+    positions, stats = build_position_dataset(
+        dataset, tokenizer, open_ids=open_ids, text_field=args.dataset_text_field,
+        max_context_tokens=args.max_context_tokens, min_context_tokens=args.min_context_tokens,
+        reward_horizon=args.reward_horizon, positions_per_document=args.positions_per_document,
+        position_strategy=args.position_strategy, seed=args.seed, max_document_chars=args.max_document_chars,
+        position_scorer=position_scorer,
+    )
+    if stats.documents is not None:
+        print(f"[rlp_trl] {stats.summary()}")
+    return positions, stats
+
+
 def _no_positions_fix(stats: PositionStats, text_field: str, min_tokens: int) -> str:
     """What to change when no document gave a position, from why they were skipped."""
     reasons = stats.skipped

@@ -12,19 +12,15 @@ prompt + thought + `</think>` + x_t, a row that stops thinking goes on in the sa
 decode positions (the first, log p(`</think>` | thought), is free: it is the distribution the stop was drawn from).
 A row whose thought hits `max_new_tokens` is closed the same way. Rows that are done leave the cache.
 
-`PrefixSharedGenerationMixin` plugs the sampler into any `GRPOTrainer` subclass (`RLPTrainer` uses it); vLLM,
-continuous batching, multimodal prompts and un-gathered ZeRO-3 keep TRL's own path. The mixin also runs the policy's
-log-prob passes (the loss of eq. 8, theta_old) with one forward per distinct prompt (`rlp_trl.shared_prefix`).
+`RLPTrainer.sample_thoughts` calls the sampler where `uses_prefix_sharing` says it applies; vLLM, continuous batching
+and un-gathered ZeRO-3 keep TRL's own path.
 """
 
 from dataclasses import dataclass
 
 import torch
-from trl.extras.profiling import profiling_context
-from trl.models import unwrap_model_for_generation
 
 from .scoring import mask_positions, pad_rows
-from .shared_prefix import padded_logps, shared_prefix_logps
 
 
 @dataclass
@@ -152,80 +148,27 @@ def prefix_shared_sample(model, prompts, generation_config, suffixes=None) -> Sh
     )
 
 
-class PrefixSharedGenerationMixin:
-    """Mixin for `GRPOTrainer` subclasses: the non-vLLM `_generate_single_turn` uses `prefix_shared_sample`, and the
-    policy's `_get_per_token_logps_and_entropies` runs each distinct prompt once (`shared_prefix_logps`).
+def uses_prefix_sharing(trainer) -> bool:
+    """Whether `RLPTrainer.sample_thoughts` samples with `prefix_shared_sample`: on (`args.prefix_sharing`) and not
+    vLLM, continuous batching, or ZeRO-3 without gathered weights (`generate` needs synced_gpus there)."""
+    zero3_ungathered = (
+        trainer.is_deepspeed_enabled
+        and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+        and not trainer.args.ds3_gather_for_generation
+    )
+    return (
+        trainer.args.prefix_sharing and not trainer.use_vllm and not trainer.use_transformers_continuous_batching
+        and not zero3_ungathered
+    )
 
-    Set `self._forced_suffixes` (one token list per prompt row) before `_generate` to have them scored in the cache;
-    the result of the last call is in `self._last_sample`. `args.prefix_sharing = False` restores TRL's paths.
-    """
 
-    _forced_suffixes = None
-    _last_sample = None
-
-    def _uses_prefix_sharing(self) -> bool:
-        args = self.args
-        zero3_ungathered = (
-            self.is_deepspeed_enabled
-            and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-            and not args.ds3_gather_for_generation
-        )  # `generate` needs synced_gpus there; keep TRL's path
-        return (
-            getattr(args, "prefix_sharing", True) and not self.use_vllm
-            and not self.use_transformers_continuous_batching and not zero3_ungathered
-        )
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        self._last_sample = None
-        if not self._uses_prefix_sharing() or images is not None or multimodal_fields:
-            return super()._generate_single_turn(
-                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
-            )
-        suffixes = self._forced_suffixes
-        if suffixes is not None and len(suffixes) != len(prompt_ids):  # e.g. a tool-call continuation
-            suffixes = None
-        with (
-            profiling_context(self, "prefix_shared_sample"),
-            unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                generation_kwargs=self.generation_kwargs,
-                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-            ) as unwrapped_model,
-            torch.no_grad(),
-            self._dist.summon_full_params(self.model_wrapped, recurse=False),
-        ):
-            self._last_sample = prefix_shared_sample(unwrapped_model, prompt_ids, self.generation_config, suffixes)
-        return self._last_sample.completion_ids, None
-
-    def _shares_training_prefix(self, model) -> bool:
-        unwrapped = self.accelerator.unwrap_model(model)
-        return (
-            getattr(self.args, "prefix_sharing", True) and model in (self.model, self.model_wrapped)
-            and not self.is_deepspeed_enabled and not self.is_fsdp_enabled  # their wrappers gather per forward
-            and not getattr(unwrapped, "is_gradient_checkpointing", False)  # recomputation would re-extend the cache
-        )
-
-    def _get_per_token_logps_and_entropies(
-        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
-        compute_aux_loss=False, **extra,
-    ):
-        """The policy's log-probs of completion tokens (loss pass, theta_old): one forward per distinct prompt when
-        prefix sharing applies, else one plain forward per chunk; both with position ids from the attention mask.
-        MoE aux losses and multimodal inputs keep TRL's own pass."""
-        if compute_aux_loss or any(v is not None for v in extra.values()):
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra
-            )
-        share = self._shares_training_prefix(model)
-        unwrapped = self.accelerator.unwrap_model(model)
-        batch_size = batch_size or input_ids.size(0)
-        autocast = self.accelerator.autocast
-        logps, entropies = [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-            out = shared_prefix_logps(model, unwrapped, ids, mask, logits_to_keep, compute_entropy, autocast) if share else None
-            if out is None:  # nothing shared in this chunk, or sharing does not apply
-                out = padded_logps(model, ids, mask, logits_to_keep, compute_entropy, autocast)
-            logps.append(out[0])
-            entropies.append(out[1])
-        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+def shares_training_prefix(trainer, model) -> bool:
+    """Whether the policy's log-prob passes run each distinct prompt once (`rlp_trl.shared_prefix`): on, for the
+    policy itself, and not under DeepSpeed / FSDP (their wrappers gather per forward) or gradient checkpointing
+    (recomputation would re-extend the cache)."""
+    unwrapped = trainer.accelerator.unwrap_model(model)
+    return (
+        trainer.args.prefix_sharing and model in (trainer.model, trainer.model_wrapped)
+        and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled
+        and not getattr(unwrapped, "is_gradient_checkpointing", False)
+    )

@@ -1,4 +1,5 @@
-"""Load what the trainer saved: a full model folder, or a LoRA output folder (adapter_config.json) on its base."""
+"""Load models: the policy a run starts from (`load_policy`), and what the trainer saved: a full model folder, or a
+LoRA output folder (adapter_config.json) on its base (`load_causal_lm`)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,15 @@ def load_causal_lm(path: str, dtype="auto", merge: bool = True):
 
     model = AutoPeftModelForCausalLM.from_pretrained(os.path.expanduser(str(path)), dtype=dtype)
     return model.merge_and_unload() if merge else model
+
+
+def load_policy(name: str, args, quantization_config=None):
+    """The model `RLPTrainer` starts from, loaded as `GRPOTrainer` would (`args.model_init_kwargs`, a quantization
+    config, `trust_remote_code`) when the trainer needs the weights before TRL wraps the model."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(args.model_init_kwargs or {})
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(name, **kwargs)

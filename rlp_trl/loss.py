@@ -1,4 +1,9 @@
-"""The clipped surrogate on thought tokens (paper eq. 8 and Algorithm 1, line 13-14)."""
+"""The clipped surrogate on thought tokens (paper eq. 8 and Algorithm 1, line 13-14), and which tokens are the action.
+
+Training uses TRL's own loss (`GRPOTrainer._compute_loss`, `loss_type="grpo"`), which over RLP's `tool_mask` is the
+same objective; `clipped_thought_loss` states eq. 8 on its own and is the oracle tests/test_loss_equivalence.py holds
+TRL's loss to (values, gradients, clip metrics, asymmetric epsilons, importance-sampling weights).
+"""
 
 import torch
 
@@ -44,7 +49,7 @@ def clipped_thought_loss(
     return per_thought.mean()
 
 
-# How a sampled thought ended (`markers.split_thought`, `RLPTrainer._split_thought`).
+# How a sampled thought ended (`markers.split_thought`, `rollouts.ThoughtCutter`).
 SAMPLED_CLOSE = "close"  # the policy sampled the close marker: it is part of the action
 OTHER_STOP = "stop"  # the policy sampled EOS (or, with text markers, spelled the close marker with other tokens)
 LENGTH_LIMIT = "limit"  # no stop within max_completion_length: the trainer closes the thought

@@ -66,6 +66,19 @@ def prepare_think_markers(tokenizer, model, open_marker: str, close_marker: str,
     return open_ids, close_ids[0], model
 
 
+def think_markers(tokenizer, model, args, as_text: bool):
+    """(open_ids, close_ids, close_id, model) for a run: text markers keep the vocabulary (close_id None, thoughts are
+    cut post hoc); otherwise markers the vocabulary lacks are added as tokens (`prepare_think_markers`)."""
+    if as_text:
+        open_ids, close_ids = text_marker_ids(tokenizer, args.think_open, args.think_close)
+        return open_ids, close_ids, None, model
+    open_ids, close_id, model = prepare_think_markers(
+        tokenizer, model, args.think_open, args.think_close, args.add_think_tokens,
+        init=args.think_token_init, init_texts=(args.think_open_init, args.think_close_init),
+    )
+    return open_ids, [close_id], close_id, model
+
+
 @torch.no_grad()
 def _init_rows_from_text(model, rows: dict[int, list[int]]) -> None:
     """Set embedding row `new` (input, and output when untied) to the mean of the rows `ids`, for each item."""

@@ -67,3 +67,18 @@ def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_k
         )
     entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
     return out.log_probs[:, -logits_to_keep:], entropy
+
+
+def policy_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, autocast,
+                 share: bool):
+    """Per-token log-probs (and entropies, or None) of the completions in chunks of `batch_size` rows: each chunk
+    with one forward per distinct prompt when `share` and a prompt repeats, else one plain forward."""
+    logps, entropies = [], []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+        out = shared_prefix_logps(model, unwrapped, ids, mask, logits_to_keep, compute_entropy, autocast) if share else None
+        if out is None:  # nothing shared in this chunk, or sharing does not apply
+            out = padded_logps(model, ids, mask, logits_to_keep, compute_entropy, autocast)
+        logps.append(out[0])
+        entropies.append(out[1])
+    return torch.cat(logps), torch.cat(entropies) if compute_entropy else None

@@ -1,40 +1,59 @@
 """`RLPTrainer`: RLP (arXiv 2510.01265) on top of TRL's `GRPOTrainer`.
 
-What GRPO already does and RLP keeps: sampling G completions per prompt through TRL's generation path (HF
-`generate`, vLLM, continuous batching), the behaviour snapshot (`old_per_token_logps`), batching, accumulation,
-logging and checkpointing. What this class changes:
+What GRPO already does and RLP keeps: sampling G completions per prompt (HF `generate`, vLLM, continuous batching),
+the behaviour snapshot (`old_per_token_logps`), batching, accumulation, the clipped loss of eq. 8 (TRL's
+`loss_type="grpo"` over the per-token `tool_mask`, which is RLP's per-thought mean; tests/test_loss_equivalence.py
+checks it against `rlp_trl.loss.clipped_thought_loss`), logging and checkpointing. What this class changes:
 
 * data: documents are turned into positions (`rlp_trl.data`); a prompt is a token-id context plus `<think>`;
-* `_generate_and_score_completions`: a completion is the sampled thought, then `</think>` and the true next
-  token(s) under teacher forcing; the reward is the information gain (eq. 5) against the EMA teacher, the
-  advantage is eq. 7, and only the action (the thought and a `</think>` the policy sampled, `loss.action_mask`)
-  enters the loss (through the per-token `tool_mask`);
-* `_compute_loss`: the clipped surrogate of eq. 8 (`rlp_trl.loss.clipped_thought_loss`);
-* the EMA teacher: lazily built, updated after every optimizer step, saved and restored with checkpoints.
+* `_generate_and_score_completions`, one RLP step as named calls over typed values (`rlp_trl.rollouts`): sample
+  thoughts -> cut them (thought + `</think>` + the true next token(s)) -> S_pred (eq. 3) and S_ema (eq. 4) ->
+  information gain (eq. 5) and group advantages (eq. 7) -> the dict TRL's loss reads, where only the action (the
+  thought and a `</think>` the policy sampled, `loss.action_mask`) is in `tool_mask`;
+* the EMA teacher (`rlp_trl.teacher`): lazily built, updated after every optimizer step, saved with checkpoints.
 """
 
 import contextlib
+import functools
 import os
 
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import AutoTokenizer, GenerationConfig, TrainerCallback
+from transformers.trainer_utils import TrainOutput
 from trl import GRPOTrainer
-from trl.trainer.utils import pad, use_adapter
+from trl.extras.profiling import profiling_context
+from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import use_adapter
 
 from ._trl_compat import check_trl_compat
 from .config import RLPConfig
-from .data import build_position_dataset
-from .generation import PrefixSharedGenerationMixin
-from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE, action_mask, clipped_thought_loss
-from .markers import markers_missing, prepare_think_markers, split_thought, split_thought_text, text_marker_ids
-from .resilience import ResilienceMixin, ensure_pad_token, staged_checkpoint
+from .data import to_position_dataset
+from .loading import load_policy
+from .generation import prefix_shared_sample, shares_training_prefix, uses_prefix_sharing
+from .markers import markers_missing, think_markers
+from .metrics import completion_rows, generation_metrics, rlp_metrics
+from .resilience import (
+    CheckpointStager,
+    GracefulStop,
+    NonFiniteGuard,
+    ResumeState,
+    claim_output_dir,
+    finished_at,
+    load_finished,
+    on_main_then_everywhere,
+    preflight,
+    sampling_error,
+    verify_state_finite,
+)
 from .rewards import group_advantages, information_gain, prefix_match_reward
+from .rollouts import Completions, Rollouts, ThoughtCutter, Thoughts, cut_thoughts, pack_for_trl, tensorize, vllm_is_ratio
 from .scoring import pad_rows, score_last_tokens, score_sequence_ends
+from .shared_prefix import policy_logps
 from .surprise import make_position_scorer
 from .teacher import build_teacher
+from .tokens import ensure_pad_token
 from .model_card import CITATION, write_card
 from .window import fit_context_window
 
@@ -47,9 +66,9 @@ def disable_attention_dropout(model) -> None:
             module.attention_dropout = 0.0
 
 
-def info_gain(*args, **kwargs):
-    """Placeholder reward source: GRPOTrainer requires one, but RLP's reward needs the policy and the teacher,
-    so `RLPTrainer._generate_and_score_completions` computes it in-batch and this function is never called."""
+def _reward_computed_in_batch(*args, **kwargs):
+    """GRPOTrainer requires a reward function; RLP's reward (eq. 5, `rlp_trl.rewards.information_gain`) needs the
+    policy and the teacher, so `RLPTrainer._generate_and_score_completions` computes it and this is never called."""
     raise RuntimeError("the RLP information gain is computed inside RLPTrainer, not as a reward function")
 
 
@@ -66,7 +85,7 @@ class _EMAUpdateCallback(TrainerCallback):
             teacher.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
 
 
-class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
+class RLPTrainer(GRPOTrainer):
     """Reinforcement Learning Pretraining (RLP) trainer: GRPO's machinery, RLP's reward, advantage and loss.
 
     Args:
@@ -106,30 +125,17 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         model_id = model if isinstance(model, str) else model.config._name_or_path
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model_id, padding_side="left", trust_remote_code=args.trust_remote_code)
-        ensure_pad_token(processing_class)  # pad = EOS when missing; a clear error without EOS (rlp_trl.resilience)
+        ensure_pad_token(processing_class)  # pad = EOS when missing; a clear error without EOS (rlp_trl.tokens)
         text_markers = args.think_markers_as_text and markers_missing(processing_class, args.think_open, args.think_close)
         grow = markers_missing(processing_class, args.think_open, args.think_close) and args.add_think_tokens and not text_markers
-        loaded_here = False
-        if isinstance(model, str) and (grow or args.position_strategy == "surprising"):
-            # The embeddings must grow before GRPOTrainer wraps the model (PEFT, DeepSpeed), so load it here; the
-            # `surprising` positions need it too (one pass over the corpus with the initial model = the teacher).
-            init_kwargs = dict(args.model_init_kwargs or {})
-            if quantization_config is not None:
-                init_kwargs["quantization_config"] = quantization_config
-            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
-            loaded_here = True  # model_init_kwargs applied: GRPOTrainer must not warn that they are ignored
-        self.think_markers_text = text_markers
+        loaded_here = isinstance(model, str) and (grow or args.position_strategy == "surprising")
+        if loaded_here:  # the embeddings grow before GRPOTrainer wraps the model (PEFT, DeepSpeed); `surprising` scores
+            model = load_policy(model, args, quantization_config)  # the corpus with the initial model (= the teacher)
         self.rlp_base_model, self.rlp_markers_added, self.corpus_name = model_id, grow, None  # for the model card
-        if text_markers:  # plain multi-token markers, vocabulary unchanged; thoughts are cut post hoc (rlp_trl.markers)
-            self.think_open_ids, self.think_close_ids = text_marker_ids(processing_class, args.think_open, args.think_close)
-            self.think_close_id = None
-        else:
-            self.think_open_ids, self.think_close_id, model = prepare_think_markers(
-                processing_class, model, args.think_open, args.think_close, args.add_think_tokens,
-                init=args.think_token_init, init_texts=(args.think_open_init, args.think_close_init),
-            )
-            self.think_close_ids = [self.think_close_id]
+        self.think_markers_text = text_markers
+        self.think_open_ids, self.think_close_ids, self.think_close_id, model = think_markers(
+            processing_class, model, args, as_text=text_markers
+        )
         if args.use_vllm:  # vLLM SamplingParams: stop on the close marker, at least min_thought_tokens (Alg. 1, l. 7)
             stop = {"stop_token_ids": [self.think_close_id]} if self.think_close_id is not None else {}
             args.generation_kwargs = {**(args.generation_kwargs or {}), **stop, "min_tokens": args.min_thought_tokens}
@@ -148,7 +154,7 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         model_init_kwargs, args.model_init_kwargs = args.model_init_kwargs, None if loaded_here else args.model_init_kwargs
         super().__init__(
             model=model,
-            reward_funcs=[info_gain],
+            reward_funcs=[_reward_computed_in_batch],
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
@@ -169,28 +175,30 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         if not self.use_vllm:
             self.generation_kwargs.update(eos_token_id=self.eos_token_ids, min_new_tokens=args.min_thought_tokens)
             self.generation_config = GenerationConfig(**self.generation_kwargs, disable_compile=True)
+        # where a sampled thought ends (rlp_trl.rollouts): the first stop token, or a text marker's first spelling
+        self.thought_cutter = ThoughtCutter(
+            frozenset(self.eos_token_ids), tuple(self.think_close_ids), close_text=args.think_close if text_markers else None,
+            decode=functools.partial(self._tokenizer.decode, clean_up_tokenization_spaces=False) if text_markers else None,
+        )
         # The EMA teacher for this model and backend (full replica, ZeRO-3 shards, or a PEFT adapter); built before
         # the optimizer and the DeepSpeed engine exist, so a PEFT teacher adapter is frozen and partitioned with the
         # model. Incompatible options (e.g. teacher_device="cpu" with PEFT, FSDP) fail here, naming the fix.
         self.teacher = build_teacher(self.model, args, self.accelerator)
         self.add_callback(_EMAUpdateCallback(self))
+        # Reliability (rlp_trl.resilience, docs/reliability.md): one piece per concern, built once, owned here
+        self.interrupted: str | None = None  # set by train(): the signal that stopped it (after a saved checkpoint)
+        self.already_finished: int | None = None  # set by train(): the checkpoint resumed from was at max_steps
+        self.nonfinite_guard = NonFiniteGuard(self, args.on_nonfinite, args.nonfinite_patience)
+        self.graceful_stop = GracefulStop(self.accelerator)  # installs its signal handlers in train()
+        self.add_callback(self.nonfinite_guard)
+        self.add_callback(self.graceful_stop)
+        self.checkpoint_stager = CheckpointStager(args, self.accelerator)  # its staging_dir: see _get_output_dir
+        self.resume_state = ResumeState(args, self.accelerator, self.train_dataset, self.nonfinite_guard.totals)
 
     # ------------------------------------------------------------------ data
     def _to_positions(self, dataset, tokenizer, args, position_scorer=None):
-        if isinstance(dataset, dict):
-            return {k: self._to_positions(v, tokenizer, args, position_scorer) for k, v in dataset.items()}
-        if dataset.column_names is not None and {"prompt", "context_ids", "target_ids"} <= set(dataset.column_names):
-            return dataset
-        positions, stats = build_position_dataset(
-            dataset, tokenizer, open_ids=self.think_open_ids, text_field=args.dataset_text_field,
-            max_context_tokens=args.max_context_tokens, min_context_tokens=args.min_context_tokens,
-            reward_horizon=args.reward_horizon, positions_per_document=args.positions_per_document,
-            position_strategy=args.position_strategy, seed=args.seed, max_document_chars=args.max_document_chars,
-            position_scorer=position_scorer,
-        )
+        positions, stats = to_position_dataset(dataset, tokenizer, args, self.think_open_ids, position_scorer)
         self.position_stats = self.position_stats or stats
-        if stats.documents is not None:
-            print(f"[rlp_trl] {stats.summary()}")
         return positions
 
     def _set_signature_columns_if_needed(self):
@@ -201,244 +209,227 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
         # RLP prompts are already token ids (context + think-open marker): no decode/re-encode drift.
         return [list(p) for p in prompts], None, {}
 
-    # ------------------------------------------------------------------ rollouts and reward
-    def _split_thought(self, sampled: list[int]) -> tuple[list[int], str]:
-        """Thought = sampled tokens before the first stop token (close marker or EOS), and how it ended
-        (`rlp_trl.loss`: the sampled close marker, another stop, or the length limit)."""
-        if self.think_markers_text:
-            decode = lambda ids: self._tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
-            thought, cut = split_thought_text(sampled, self._stop_ids, self.args.think_close, self.think_close_ids, decode)
-            written = sampled[len(thought) : len(thought) + len(self.think_close_ids)] == self.think_close_ids
-            return thought, LENGTH_LIMIT if cut else SAMPLED_CLOSE if written else OTHER_STOP
-        return split_thought(sampled, self._stop_ids, self.think_close_id)
-
-    @property
-    def _stop_ids(self) -> set[int]:
-        return set(self.eos_token_ids)
-
+    # ------------------------------------------------------------------ one RLP step (Algorithm 1, lines 6-12)
     def _generate_and_score_completions(self, inputs):
-        device = self.accelerator.device
+        """Sample thoughts, score S_pred and S_ema, turn them into rewards and advantages, pack for TRL's loss."""
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        pad_id = self._tokenizer.pad_token_id
-        horizon = self.args.reward_horizon
+        horizon, device = self.args.reward_horizon, self.accelerator.device
         unwrapped = self.accelerator.unwrap_model(self.model)
         if not self.teacher.initialized and self.args.no_think_baseline == "ema":  # Alg. 1, lines 8-9: phi <- theta
             self.teacher.init_from(unwrapped)
 
         prompts = [list(x["prompt"]) for x in inputs]
         targets = [list(x["target_ids"]) for x in inputs]
-        # With prefix sharing, the sampler feeds </think> + x_t.. after each thought in its KV cache and scores them
-        self._forced_suffixes = [[self.think_close_id] + y for y in targets]
-        try:
-            prompt_ids_list, sampled_list, _, _, sampling_logps_list, _, _, _ = self._generate(prompts)
-        finally:
-            self._forced_suffixes = None
-        sample = self._last_sample
-
-        # completion = thought + </think> + true next token(s); the action (thought, sampled </think>) enters the loss
-        thoughts, ends = zip(*(self._split_thought(list(s)) for s in sampled_list))
-        completions = [t + self.think_close_ids + y for t, y in zip(thoughts, targets)]
-        thought_masks = [  # the action: the thought and, when the policy sampled it, its close marker
-            action_mask(len(t), end, len(self.think_close_ids), horizon, close_in_loss=self.args.think_close_in_loss,
-                        mask_thought=end == LENGTH_LIMIT and self.args.truncated_thoughts == "mask")
-            for t, end in zip(thoughts, ends)
-        ]
-        to_tensor = lambda rows, value, side, dtype=torch.long: pad(  # noqa: E731
-            [torch.tensor(r, dtype=dtype) for r in rows], padding_value=value, padding_side=side
-        ).to(device)
-        prompt_ids, prompt_mask = to_tensor(prompt_ids_list, pad_id, "left"), to_tensor([[1] * len(p) for p in prompt_ids_list], 0, "left")
-        completion_ids = to_tensor(completions, pad_id, "right")
-        completion_mask = to_tensor([[1] * len(c) for c in completions], 0, "right")
-        thought_mask = to_tensor(thought_masks, 0, "right")
-
+        # with single-token markers the sampler scores </think> + x_t.. after each thought in its KV cache
+        suffixes = None if self.think_markers_text else [[self.think_close_id] + y for y in targets]
+        rollouts = self.sample_thoughts(prompts, suffixes)
+        thoughts = cut_thoughts(
+            rollouts.sampled_ids, targets, self.thought_cutter, horizon, close_in_loss=self.args.think_close_in_loss,
+            mask_truncated=self.args.truncated_thoughts == "mask",
+        )
+        batch = tensorize(rollouts.prompt_ids, thoughts, self._tokenizer.pad_token_id, device)
         with torch.no_grad():
-            # S_pred (eq. 3): the policy, after its thought and </think>, scores the true token(s) at temperature 1;
-            # read from the sampler's KV cache when it could, else one extra forward over prompt + completion
-            if sample is not None and sample.suffix_logps is not None:
-                reasoned = sample.suffix_logps[:, 1:].to(device)
-            else:
-                seq_ids, seq_mask = pad_rows([p + c for p, c in zip(prompt_ids_list, completions)], pad_id, device)
-                reasoned = score_last_tokens(unwrapped, seq_ids, seq_mask, horizon, batch_size)
-            # S_ema (eq. 4): one teacher pass per distinct context (shared by its G rollouts, and by the positions of
-            # the same document that are prefixes of it)
+            reasoned = self._score_reasoned(unwrapped, rollouts, thoughts, batch_size)  # S_pred, eq. 3
             contexts = [list(x["context_ids"]) + y for x, y in zip(inputs, targets)]
-            if self.args.no_think_baseline == "live":  # ablation: the policy itself, no lag
-                baseline = score_sequence_ends(unwrapped, contexts, horizon, batch_size, pad_id).to(device)
-            else:
-                with self.teacher.scoring(unwrapped) as teacher_model:
-                    baseline = score_sequence_ends(teacher_model, contexts, horizon, batch_size, pad_id).to(device)
+            baseline = self._score_no_think(unwrapped, contexts, batch_size)  # S_ema, eq. 4
+            old_logps, ref_logps = self._behaviour_logps(batch, batch_size)
 
-            old_per_token_logps = None
-            generate_every = self.args.steps_per_generation * self.num_iterations
-            needs_old = self.args.gradient_accumulation_steps % generate_every != 0
-            is_correction = self.use_vllm and self.vllm_importance_sampling_correction
-            if needs_old or is_correction:  # the behaviour snapshot theta_old (Alg. 1, line 5)
-                old_per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
-                    self.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
-                    completion_ids.size(1), batch_size=batch_size,
-                )
-            ref_per_token_logps = None
-            if self.beta != 0.0:  # ablation: a KL term (the paper has none, Sec. 2.4); TRL's reference pass
-                ref_per_token_logps = self._reference_logps(
-                    torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
-                    completion_ids.size(1), batch_size,
-                )
-
-        rewards = information_gain(reasoned, baseline, self.args.reward_discount)  # eq. 5
-        gains = rewards
+        gains = information_gain(reasoned, baseline, self.args.reward_discount)  # eq. 5
+        rewards = gains
         if self.args.reward_type == "rpt_prefix_match":  # ablation: RPT's binary reward; the gain is still logged
             decode = self._tokenizer.decode
             rewards = prefix_match_reward(
-                [decode(t) for t in thoughts], [[decode(y[:j]) for j in range(1, len(y) + 1)] for y in targets]
+                [decode(t) for t in thoughts.ids], [[decode(y[:j]) for j in range(1, len(y) + 1)] for y in targets]
             ).to(device)
-        all_rewards = self.accelerator.gather(rewards)
-        all_rewards = self.nonfinite_guard.check_rewards(all_rewards, num_generations, mode)  # NaN/inf: skip or raise
+        all_rewards = self.nonfinite_guard.check_rewards(self.accelerator.gather(rewards), num_generations, mode)
         all_advantages = group_advantages(all_rewards, num_generations)  # eq. 7
-        process_slice = slice(self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts))
-        advantages = all_advantages[process_slice]
+        rank, n = self.accelerator.process_index, len(prompts)
+        advantages = all_advantages[rank * n : (rank + 1) * n]
 
-        loss_mask = completion_mask * thought_mask
-        output = {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids,
-            "completion_mask": completion_mask,
-            "tool_mask": thought_mask,
-            "advantages": advantages,
-            "num_items_in_batch": self.accelerator.gather(loss_mask.sum()).sum(),
-        }
-        if old_per_token_logps is not None:
-            output["old_per_token_logps"] = old_per_token_logps
-        if ref_per_token_logps is not None:
-            output["ref_per_token_logps"] = ref_per_token_logps
-        if is_correction and sampling_logps_list is not None:
-            output["importance_sampling_ratio"] = self._vllm_is_ratio(
-                old_per_token_logps, sampling_logps_list, thought_masks, loss_mask
+        is_ratio = None
+        if self.use_vllm and self.vllm_importance_sampling_correction and rollouts.sampling_logps is not None:
+            is_ratio = vllm_is_ratio(
+                old_logps, rollouts.sampling_logps, thoughts.action_masks, batch.loss_mask,
+                self.vllm_importance_sampling_mode, self.vllm_importance_sampling_clip_min,
+                self.vllm_importance_sampling_clip_max,
             )
-        all_gains = all_rewards if gains is rewards else self.accelerator.gather(gains)
-        self._log_rlp(mode, inputs, thoughts, ends, reasoned, baseline, all_gains, all_advantages)
-        self._metrics[mode]["rlp/reward_mean"].append(all_rewards.mean().item())
-        return output
+        all_gains = all_rewards if rewards is gains else self.accelerator.gather(gains)
+        self._log_step(mode, inputs, thoughts, reasoned, baseline, all_gains, all_rewards, all_advantages)
+        num_items = self.accelerator.gather(batch.loss_mask.sum()).sum()
+        return pack_for_trl(batch, advantages, num_items, old_logps, ref_logps, is_ratio)
 
-    def _reference_logps(self, input_ids, attention_mask, logits_to_keep, batch_size):
-        """Per-token log-probs of the completions under the reference model, as TRL's GRPO computes them: its
-        `ref_model`, or with PEFT the base model (adapters disabled, or the initial copy loaded as adapter "ref")."""
-        if self.ref_model is not None:
-            model = self.ref_model
-            context = contextlib.nullcontext()
-        else:
-            model = self.model
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-        with context:
-            logps, _, _ = self._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+    def sample_thoughts(self, prompts: list[list[int]], suffixes: list[list[int]] | None = None) -> Rollouts:
+        """Sample one thought per prompt row (Alg. 1, line 7). The prefix-shared sampler (`rlp_trl.generation`) also
+        scores `suffixes` in its KV cache; vLLM, continuous batching and un-gathered ZeRO-3 go through TRL's
+        `_generate`. Non-finite probabilities fail with a `NonFiniteError` naming the step."""
+        try:
+            if not uses_prefix_sharing(self):
+                prompt_ids, completion_ids, _, _, logps, *_ = self._generate(prompts)
+                return Rollouts(prompt_ids, completion_ids, sampling_logps=logps)
+            with (
+                profiling_context(self, "prefix_shared_sample"),
+                unwrap_model_for_generation(
+                    self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                    generation_kwargs=self.generation_kwargs,
+                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                ) as model,
+                torch.no_grad(),
+                self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            ):
+                sample = prefix_shared_sample(model, prompts, self.generation_config, suffixes)
+        except RuntimeError as err:
+            nonfinite = sampling_error(err, self.state.global_step + 1)  # NaN/inf probabilities: say so
+            if nonfinite is None:
+                raise
+            raise nonfinite from err
+        self._log_generation(prompts, sample.completion_ids)
+        return Rollouts(prompts, sample.completion_ids, suffix_logps=sample.suffix_logps,
+                        prefill_tokens=sample.prefill_tokens, decode_tokens=sample.decode_tokens)
+
+    def _score_reasoned(self, model, rollouts: Rollouts, thoughts: Thoughts, batch_size: int) -> torch.Tensor:
+        """S_pred (eq. 3): the policy, after its thought and </think>, scores the true token(s) at temperature 1; read
+        from the sampler's KV cache when it could, else one forward over prompt + completion."""
+        if rollouts.suffix_logps is not None:
+            return rollouts.suffix_logps[:, 1:].to(self.accelerator.device)
+        rows = [p + c for p, c in zip(rollouts.prompt_ids, thoughts.completions)]
+        ids, mask = pad_rows(rows, self._tokenizer.pad_token_id, self.accelerator.device)
+        return score_last_tokens(model, ids, mask, self.args.reward_horizon, batch_size)
+
+    def _score_no_think(self, model, contexts: list[list[int]], batch_size: int) -> torch.Tensor:
+        """S_ema (eq. 4): one teacher pass per distinct context (shared by its G rollouts, and by the positions of the
+        same document that are prefixes of it); `no_think_baseline="live"` scores with the policy itself."""
+        pad_id, horizon = self._tokenizer.pad_token_id, self.args.reward_horizon
+        if self.args.no_think_baseline == "live":  # ablation: the policy itself, no lag
+            return score_sequence_ends(model, contexts, horizon, batch_size, pad_id).to(self.accelerator.device)
+        with self.teacher.scoring(model) as teacher_model:
+            return score_sequence_ends(teacher_model, contexts, horizon, batch_size, pad_id).to(self.accelerator.device)
+
+    def _behaviour_logps(self, batch: Completions, batch_size: int):
+        """theta_old's log-probs of the completions (Alg. 1, line 5) when the loss cannot take them from its own pass
+        (several optimizer steps per generation, or vLLM importance sampling), and the reference model's for the KL
+        ablation (beta > 0; the paper has none, Sec. 2.4); None where not needed."""
+        keep = batch.completion_ids.size(1)
+        old = ref = None
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self.args.gradient_accumulation_steps % generate_every != 0 or (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        ):
+            old, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, batch.input_ids, batch.attention_mask, keep, batch_size=batch_size
             )
-        return logps
+        if self.beta != 0.0:  # as TRL's GRPO: its ref_model, or the base with adapters off (or adapter "ref")
+            model, context = self.ref_model, contextlib.nullcontext()
+            if model is None:
+                model, unwrapped = self.model, self.accelerator.unwrap_model(self.model)
+                context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+            with context:
+                ref, _, _ = self._get_per_token_logps_and_entropies(
+                    model, batch.input_ids, batch.attention_mask, keep, batch_size=batch_size
+                )
+        return old, ref
 
-    def _vllm_is_ratio(self, old_per_token_logps, sampling_logps_list, action_masks, mask):
-        """Importance weights pi_theta_old / pi_vLLM on the action's tokens (TRL's truncate/mask modes, token or
-        sequence). The sampled tokens (thought, then its stop token) line up with the completion's first tokens."""
-        rows = [
-            [float("nan") if v is None else v for v in lp[: sum(m)]] for lp, m in zip(sampling_logps_list, action_masks)
-        ]
-        width = old_per_token_logps.size(1)
-        sampling = torch.tensor([r + [0.0] * (width - len(r)) for r in rows], device=old_per_token_logps.device)
-        diff = torch.nan_to_num((old_per_token_logps - sampling) * mask, nan=0.0)
-        if self.vllm_importance_sampling_mode.startswith("sequence"):
-            diff = diff.sum(-1, keepdim=True)
-        ratio = torch.exp(diff)
-        low = self.vllm_importance_sampling_clip_min if self.vllm_importance_sampling_clip_min is not None else 0.0
-        high = self.vllm_importance_sampling_clip_max if self.vllm_importance_sampling_clip_max is not None else float("inf")
-        if self.vllm_importance_sampling_mode.endswith("truncate"):
-            return ratio.clamp(min=low, max=high)
-        return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+        compute_aux_loss=False, **extra,
+    ):
+        """The policy's log-probs of completion tokens (TRL's loss pass, theta_old): one forward per distinct prompt
+        when prefix sharing applies (`rlp_trl.shared_prefix`), else one plain forward per chunk; both with position
+        ids from the attention mask. MoE aux losses and multimodal inputs keep TRL's own pass."""
+        if compute_aux_loss or any(v is not None for v in extra.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra
+            )
+        logps, entropies = policy_logps(
+            model, self.accelerator.unwrap_model(model), input_ids, attention_mask, logits_to_keep,
+            batch_size or input_ids.size(0), compute_entropy, self.accelerator.autocast,
+            share=shares_training_prefix(self, model),
+        )
+        return logps, entropies, None
 
-    def _log_rlp(self, mode, inputs, thoughts, ends, reasoned, baseline, all_rewards, all_advantages):
-        gather = self.accelerator.gather
-        metrics = self._metrics[mode]
-        device = reasoned.device
-        lengths = gather(torch.tensor([len(t) for t in thoughts], device=device, dtype=torch.float32))
-        cut = gather(torch.tensor([e == LENGTH_LIMIT for e in ends], device=device, dtype=torch.float32))
-        closed = gather(torch.tensor([e == SAMPLED_CLOSE for e in ends], device=device, dtype=torch.float32))
-        reasoned_all, baseline_all = gather(reasoned.sum(-1)), gather(baseline.sum(-1))
-        metrics["rlp/info_gain_mean"].append(all_rewards.mean().item())
-        metrics["rlp/info_gain_std"].append(all_rewards.std().item() if all_rewards.numel() > 1 else 0.0)
-        metrics["rlp/positive_gain_frac"].append((all_rewards > 0).float().mean().item())
-        metrics["rlp/reasoned_logp_mean"].append(reasoned_all.mean().item())
-        metrics["rlp/baseline_logp_mean"].append(baseline_all.mean().item())
-        metrics["rlp/thought_length_mean"].append(lengths.mean().item())
-        metrics["rlp/thought_length_max"].append(lengths.max().item())
-        metrics["rlp/thought_truncated_frac"].append(cut.mean().item())
-        metrics["rlp/thought_closed_frac"].append(closed.mean().item())  # ended by a sampled close marker
-        metrics["rlp/advantage_abs_mean"].append(all_advantages.abs().mean().item())
-        metrics["rlp/teacher_updates"].append(float(self.teacher.num_updates))
-        # what log_completions shows: the context tail, the thought, the true next token(s), the reward
-        decode = self._tokenizer.decode
-        self._logs["prompt"].extend(gather_object(["…" + decode(x["context_ids"][-48:]) for x in inputs]))
-        self._logs["completion"].extend(gather_object([decode(t) for t in thoughts]))
-        self._logs["extra"]["target"].extend(gather_object([decode(x["target_ids"]) for x in inputs]))
-        self._logs["rewards"]["info_gain"].extend(all_rewards.tolist())
+    # ------------------------------------------------------------------ logging
+    def _log_generation(self, prompt_ids, completion_ids) -> None:
+        """What TRL's `_generate` logs, for the prefix-shared sampler that bypasses it."""
+        mode = "train" if self.model.training else "eval"
+        stops = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        values = generation_metrics(self.accelerator.gather, prompt_ids, completion_ids, stops, self.accelerator.device)
+        if mode == "train":
+            self.state.num_input_tokens_seen += values["tokens"]
+        self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
+        for key, value in values.items():
+            if key != "tokens":
+                self._metrics[mode][key].append(value)
+
+    def _log_step(self, mode, inputs, thoughts, reasoned, baseline, all_gains, all_rewards, all_advantages) -> None:
+        metrics = rlp_metrics(self.accelerator.gather, thoughts, reasoned, baseline, all_gains, all_advantages,
+                              self.teacher.num_updates)
+        if all_rewards is not all_gains:  # an ablation reward (reward_type): its mean next to the gain's
+            metrics["rlp/reward_mean"] = all_rewards.mean().item()
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(value)
+        rows = {k: gather_object(v) for k, v in completion_rows(self._tokenizer.decode, inputs, thoughts).items()}
+        self._logs["prompt"].extend(rows["prompt"])
+        self._logs["completion"].extend(rows["completion"])
+        self._logs["extra"]["target"].extend(rows["target"])
+        self._logs["rewards"]["info_gain"].extend(all_gains.tolist())
         self._logs["advantages"].extend(all_advantages.tolist())
 
-    # ------------------------------------------------------------------ loss
-    def _uses_paper_loss(self) -> bool:
-        a = self.args
-        return (
-            self.loss_type == "grpo" and self.beta == 0.0 and self.importance_sampling_level == "token"
-            and self.top_entropy_quantile >= 1.0 and not self._entropy_bonus_enabled and a.delta is None
-            and self.off_policy_mask_threshold is None and not self.aux_loss_enabled
-        )
+    # ------------------------------------------------------------------ training and checkpoints (rlp_trl.resilience)
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train` with one writer per output folder, a verified checkpoint to resume from (`True` / `"last"` /
+        `"auto"` / a path), pre-flight checks and graceful SIGTERM / SIGINT (docs/reliability.md)."""
+        self.interrupted = self.already_finished = None
+        held = []  # the output folder's lock, on the main process
 
-    def _compute_loss(self, model, inputs):
-        """Eq. 8 on thought tokens; TRL's own loss for non-paper settings (other loss types, KL, entropy terms)."""
-        if not self._uses_paper_loss():
-            return super()._compute_loss(model, inputs)
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        per_token_logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model,
-            torch.cat([inputs["prompt_ids"], completion_ids], 1),
-            torch.cat([inputs["prompt_mask"], completion_mask], 1),
-            completion_ids.size(1),
-            compute_entropy=True,
-        )
-        mask = completion_mask * inputs["tool_mask"]
-        old = inputs.get("old_per_token_logps")
-        old = per_token_logps.detach() if old is None else old
-        loss = clipped_thought_loss(
-            per_token_logps, old, inputs["advantages"], mask, self.epsilon_low, self.epsilon_high,
-            per_token_weights=inputs.get("importance_sampling_ratio"),
-        )
-        mode = "train" if self.model.training else "eval"
+        def claim():
+            lock, checkpoint = claim_output_dir(self.args.output_dir, resume_from_checkpoint)
+            held.append(lock)
+            return checkpoint
 
-        def global_mean(x):
-            totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
-            return (totals[0] / totals[1].clamp(min=1.0)).item()
+        resume = on_main_then_everywhere(self.accelerator, claim)
+        try:
+            done = finished_at(resume, self.args) if resume is not None else None
+            if done is not None:  # the checkpoint is already at max_steps: nothing to train
+                self.state, self.already_finished = load_finished(resume, done, self.accelerator), done
+                return TrainOutput(self.state.global_step, 0.0, {})
+            contexts_per_batch = max(1, self.args.generation_batch_size // self.num_generations)
+            largest_weight = preflight(self.accelerator.unwrap_model(self.model), self.args, len(self.think_open_ids),
+                                       len(self.think_close_ids), self.train_dataset, contexts_per_batch)
+            self.nonfinite_guard.initial_weight_max = largest_weight or None  # the runaway check's reference
+            if self.args.handle_signals:
+                self.graceful_stop.install()
+            try:
+                output = super().train(
+                    resume_from_checkpoint=resume, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+                )
+            finally:
+                self.graceful_stop.uninstall()
+            self.interrupted = self.graceful_stop.report(self.state.global_step, self.args.output_dir)
+            return output
+        finally:
+            for lock in held:
+                lock.release()
 
-        ratio = torch.exp(per_token_logps.detach() - old)
-        adv = inputs["advantages"].unsqueeze(1)
-        low, high = (ratio < 1 - self.epsilon_low) & (adv < 0), (ratio > 1 + self.epsilon_high) & (adv > 0)
-        metrics = self._metrics[mode]
-        metrics["entropy"].append(global_mean(entropies))
-        metrics["clip_ratio/low_mean"].append(global_mean(low.float()))
-        metrics["clip_ratio/high_mean"].append(global_mean(high.float()))
-        metrics["clip_ratio/region_mean"].append(global_mean((low | high).float()))
-        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        return loss / normalizer
+    def _get_output_dir(self, trial):
+        # while a checkpoint is being written, everything the Trainer, TRL and RLP save for it goes to its staging folder
+        staging = self.checkpoint_stager.staging_dir
+        return staging if staging is not None else super()._get_output_dir(trial)
 
-    # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial):
-        # Atomic (rlp_trl.resilience): written into a staging folder, marked complete, renamed to checkpoint-N last.
-        with staged_checkpoint(self, trial):
+        # Atomic and verified (rlp_trl.resilience.staging): nothing is written for a non-finite state; the checkpoint is
+        # written into a staging folder, marked complete and renamed to checkpoint-N last.
+        step = self.state.global_step
+        verify_state_finite(self.accelerator, self.model, self.teacher, self.optimizer, step, self.args.output_dir)
+        with self.checkpoint_stager.stage(self._get_output_dir(trial=trial), self.state) as checkpoint_dir:
             # The teacher goes into the checkpoint folder before the Trainer writes trainer_state.json (written last).
-            output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             if self.teacher.initialized:  # every rank: a ZeRO-3 teacher gathers its shards; the saving rank writes
                 if self.args.should_save:
-                    os.makedirs(output_dir, exist_ok=True)
-                self.teacher.save(output_dir, write=self.args.should_save)
+                    os.makedirs(checkpoint_dir, exist_ok=True)
+                self.teacher.save(checkpoint_dir, write=self.args.should_save)
             super()._save_checkpoint(model, trial)
+            # what the Trainer does not save: GRPO's micro-step and buffered rollouts, data and settings fingerprints
+            self.resume_state.save(checkpoint_dir, step, self._step, self._buffered_inputs)
 
     def _save(self, output_dir=None, state_dict=None):
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -464,4 +455,9 @@ class RLPTrainer(ResilienceMixin, PrefixSharedGenerationMixin, GRPOTrainer):
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
+            restored = self.resume_state.load(checkpoint)  # refuses (or warns about) other data or settings
+            if restored is not None:  # GRPO's micro-step and the rollouts buffered mid-cycle (trl#3247)
+                self._step, buffered = restored
+                if buffered is not None:
+                    self._buffered_inputs = buffered
             self.teacher.load(checkpoint, self.accelerator.unwrap_model(self.model))

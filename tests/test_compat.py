@@ -156,20 +156,24 @@ def test_a_trl_without_a_member_fails_naming_the_supported_range():
 
     from rlp_trl import _trl_compat
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields):  # lost num_generations, has_tool_images
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep):  # lost 3
         pass
 
-    namespace = {k: getattr(GRPOTrainer, k) for k in _trl_compat.METHODS if k not in ("_compute_loss",)}
-    namespace["_generate_single_turn"] = _generate_single_turn
+    def _compute_loss(self, model, inputs):  # a loss that no longer reads RLP's action mask
+        return inputs["advantages"].sum() + inputs.get("old_per_token_logps", 0) + inputs["importance_sampling_ratio"]
+
+    namespace = {k: getattr(GRPOTrainer, k) for k in _trl_compat.METHODS if k not in ("_tokenize_prompts",)}
+    namespace.update(_get_per_token_logps_and_entropies=_get_per_token_logps_and_entropies, _compute_loss=_compute_loss)
     fake = type("GRPOTrainer", (), namespace)
     problems = _trl_compat.missing_class_members(grpo_trainer=fake)
     assert problems == [
-        "GRPOTrainer._generate_single_turn no longer takes num_generations, has_tool_images",
-        "GRPOTrainer._compute_loss is missing",
+        "GRPOTrainer._get_per_token_logps_and_entropies no longer takes batch_size, compute_entropy, compute_aux_loss",
+        "GRPOTrainer._tokenize_prompts is missing",
+        "GRPOTrainer._compute_loss no longer reads tool_mask",
     ]
     err = _trl_compat._error(problems)
     assert isinstance(err, ImportError)
-    assert "trl>=1.16.0" in str(err) and "transformers>=5.17.0" in str(err) and "_compute_loss is missing" in str(err)
+    assert "trl>=1.16.0" in str(err) and "transformers>=5.17.0" in str(err) and "no longer reads tool_mask" in str(err)
 
 
 def test_a_trainer_without_an_attribute_fails_at_construction(tiny_model_dir, tmp_path, tiny_docs, monkeypatch):
@@ -191,7 +195,7 @@ def test_a_trainer_without_an_attribute_fails_at_construction(tiny_model_dir, tm
 def _uses_in_package() -> set[str]:
     """Private names the package reaches on a trainer: `super()._x`, `trainer._x`, `self._x` (own ones removed)."""
     names = set()
-    for path in (ROOT / "rlp_trl").glob("*.py"):
+    for path in (ROOT / "rlp_trl").rglob("*.py"):
         src = path.read_text()
         names |= set(re.findall(r"super\(\)\.(_[a-z]\w*)", src))
         names |= set(re.findall(r"\btrainer\.(_[a-z]\w*)", src))
@@ -212,8 +216,7 @@ def test_the_compat_list_covers_what_the_package_uses(tiny_model_dir, tmp_path, 
     }
     listed = set(_trl_compat.METHODS) | set(_trl_compat.ATTRIBUTES)
     # set by RLP itself on the instance (not TRL's): its own state, not part of the contract
-    own_state = {"_forced_suffixes", "_last_sample", "_dist"}
-    assert from_trl - listed - own_state == set()
+    assert from_trl - listed == set()
     assert all(hasattr(GRPOTrainer, m) and inspect.isfunction(getattr(GRPOTrainer, m)) for m in _trl_compat.METHODS)
 
 
@@ -230,10 +233,10 @@ def _train(tiny_model_dir, out, docs, resume=None, **overrides):
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(),  # paper loss, prefix-shared sampler and loss pass (RLP's _generate_single_turn / logps overrides)
+        dict(),  # prefix-shared sampler (RLPTrainer.sample_thoughts) and loss pass (the logps override)
         dict(prefix_sharing=False, num_iterations=2, steps_per_generation=1, gradient_accumulation_steps=1,
              max_steps=3),  # TRL's own sampler and logps; the behaviour snapshot theta_old
-        dict(loss_type="dapo"),  # not the paper's loss: TRL's own _compute_loss
+        dict(loss_type="dapo"),  # another of TRL's loss types over the same tool_mask
     ],
     ids=["paper-prefix-shared", "trl-sampler-old-logps", "trl-loss-dapo"],
 )

@@ -1,6 +1,7 @@
 """Bad input (issue 6): every case ends in a clear error or a counted skip, never a deep torch stack trace and never
 silent corruption. Documents, tokenizers, think markers, thoughts, context windows, non-finite values, CLI values."""
 
+import dataclasses
 import math
 import random
 
@@ -233,17 +234,17 @@ def test_zero_length_and_unclosed_thoughts(tiny_model_dir, tmp_path, tiny_docs):
     # (tests/test_thinking.py); here nothing at all should reach the loss
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=1, truncated_thoughts="mask",
                                                           think_close_in_loss=False), train_dataset=tiny_docs)
-    original = trainer._generate
+    original = trainer.sample_thoughts
     limit = trainer.args.max_completion_length
     filler = trainer.processing_class.encode(" the", add_special_tokens=False)[0]
 
-    def zero_or_unclosed(prompts):
-        out = list(original(prompts))
-        trainer._last_sample = None  # score the forced thoughts, not the sampled ones
-        out[1] = [[trainer.think_close_id] if i % 2 else [filler] * limit for i in range(len(out[1]))]
-        return tuple(out)
+    def zero_or_unclosed(prompts, suffixes=None):
+        rollouts = original(prompts, suffixes)
+        forced = [[trainer.think_close_id] if i % 2 else [filler] * limit for i in range(len(rollouts.sampled_ids))]
+        # score the forced thoughts, not the sampled ones
+        return dataclasses.replace(rollouts, sampled_ids=forced, suffix_logps=None)
 
-    trainer._generate = zero_or_unclosed
+    trainer.sample_thoughts = zero_or_unclosed
     captured = {}
     score = trainer._generate_and_score_completions
     trainer._generate_and_score_completions = lambda inputs: captured.setdefault("out", score(inputs))

@@ -118,15 +118,17 @@ def _rollout(tiny_model_dir, tiny_docs, tmp_path, prefix_sharing):
     trainer = RLPTrainer(tiny_model_dir, args=args, train_dataset=tiny_docs)
     inputs = next(iter(trainer.get_train_dataloader()))
     trainer.model.train()
+    sample, seen = trainer.sample_thoughts, []
+    trainer.sample_thoughts = lambda *a, **k: seen.append(sample(*a, **k)) or seen[-1]  # keep what the sampler returned
     torch.manual_seed(11)
     output = trainer._generate_and_score_completions(inputs)
     rewards = torch.tensor(list(trainer._logs["rewards"]["info_gain"])[-len(inputs):])
-    return trainer, inputs, output, rewards
+    return trainer, inputs, output, rewards, seen[-1]
 
 
 def test_trainer_rewards_equal_straightforward_computation(tiny_model_dir, tiny_docs, tmp_path):
-    trainer, inputs, output, rewards = _rollout(tiny_model_dir, tiny_docs, tmp_path / "fast", prefix_sharing=True)
-    assert trainer._last_sample is not None and trainer._last_sample.suffix_logps is not None  # the fast path ran
+    trainer, inputs, output, rewards, rollouts = _rollout(tiny_model_dir, tiny_docs, tmp_path / "fast", prefix_sharing=True)
+    assert rollouts.suffix_logps is not None and rollouts.prefill_tokens is not None  # the fast path ran
     policy = trainer.accelerator.unwrap_model(trainer.model)
     horizon = trainer.args.reward_horizon
     expected = []
@@ -143,8 +145,8 @@ def test_trainer_rewards_equal_straightforward_computation(tiny_model_dir, tiny_
     torch.testing.assert_close(rewards, torch.tensor(expected), rtol=0, atol=1e-5)
 
     # same seed, TRL's default generation + a separate S_pred pass: same thoughts, same rewards
-    slow, _, slow_output, slow_rewards = _rollout(tiny_model_dir, tiny_docs, tmp_path / "slow", prefix_sharing=False)
-    assert slow._last_sample is None
+    slow, _, slow_output, slow_rewards, slow_rollouts = _rollout(tiny_model_dir, tiny_docs, tmp_path / "slow", prefix_sharing=False)
+    assert slow_rollouts.suffix_logps is None and slow_rollouts.prefill_tokens is None  # TRL's generate path
     torch.testing.assert_close(slow_output["completion_ids"], output["completion_ids"], rtol=0, atol=0)
     torch.testing.assert_close(slow_rewards, rewards, rtol=0, atol=1e-5)
     torch.testing.assert_close(slow_output["advantages"], output["advantages"], rtol=0, atol=1e-5)
@@ -162,7 +164,7 @@ def test_prefix_sharing_falls_back_for_vllm_flag(tiny_model_dir, tmp_path):
 
 def test_shared_prefix_loss_pass_equals_full_pass(tiny_model_dir, tiny_docs, tmp_path):
     """The loss pass with one forward per distinct prompt gives TRL's log-probs, entropies and gradients."""
-    trainer, _, output, _ = _rollout(tiny_model_dir, tiny_docs, tmp_path, prefix_sharing=True)
+    trainer, _, output, _, _ = _rollout(tiny_model_dir, tiny_docs, tmp_path, prefix_sharing=True)
     model = trainer.model
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)

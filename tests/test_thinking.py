@@ -1,6 +1,7 @@
 """The thinking channel: which tokens are the action (the sampled close marker is), dropout off in every policy pass,
 position ids for left-padded rows of absolute-position models, and marker rows initialised from text."""
 
+import dataclasses
 import math
 
 import pytest
@@ -29,18 +30,18 @@ def test_action_mask_per_ending():
 def force_endings(trainer):
     """Rows of each group end, in turn: a sampled </think> after 2 tokens, a sampled EOS after 2 tokens, the length
     limit, a sampled </think> after 1 token. Everything downstream is the trainer's real code."""
-    original = trainer._generate
+    original = trainer.sample_thoughts
     eos, close, limit = trainer.processing_class.eos_token_id, trainer.think_close_id, trainer.args.max_completion_length
     words = trainer.processing_class.encode(" the sum of two", add_special_tokens=False)
 
-    def wrapped(prompts):
-        out = list(original(prompts))
-        trainer._last_sample = None  # in-cache S_pred was for the sampled thoughts: score the forced ones
+    def wrapped(prompts, suffixes=None):
+        rollouts = original(prompts, suffixes)
         kinds = [words[:2] + [close], words[1:3] + [eos], (words * limit)[:limit], words[3:4] + [close]]
-        out[1] = [kinds[i % 4] for i in range(len(out[1]))]
-        return tuple(out)
+        forced = [kinds[i % 4] for i in range(len(rollouts.sampled_ids))]
+        # the in-cache S_pred was for the sampled thoughts: score the forced ones
+        return dataclasses.replace(rollouts, sampled_ids=forced, suffix_logps=None)
 
-    trainer._generate = wrapped
+    trainer.sample_thoughts = wrapped
     return ["close", "stop", "limit", "close"]
 
 

@@ -2,6 +2,7 @@
 optimizer, callbacks, checkpoints). Rewards, advantages, masks, gradients and the EMA teacher are checked against
 independent recomputations with plain forward passes."""
 
+import dataclasses
 import math
 import os
 
@@ -43,14 +44,14 @@ def capture(trainer) -> list[dict]:
     """Record every generation batch: the inputs, the output dict, the weights that produced it, the logged rewards."""
     records = []
     original = trainer._generate_and_score_completions
-    split, ends = trainer._split_thought, []
+    cut, ends = trainer.thought_cutter, []
 
-    def split_and_record(sampled):
-        thought, end = split(sampled)
+    def cut_and_record(sampled):
+        thought, end = cut(sampled)
         ends.append(end)
         return thought, end
 
-    trainer._split_thought = split_and_record
+    trainer.thought_cutter = cut_and_record
 
     def wrapped(inputs):
         record = {
@@ -128,27 +129,25 @@ def make_trainer(model_dir, tmp_path, docs, **overrides):
 
 
 def force_mixed_thoughts(trainer, thought_len=2):
-    """Wrap `_generate` so that even rollouts run to the length limit without closing (truncated) and odd rollouts
-    close after `thought_len` tokens; everything downstream is the trainer's real code."""
-    original = trainer._generate
+    """Wrap `sample_thoughts` so that even rollouts run to the length limit without closing (truncated) and odd
+    rollouts close after `thought_len` tokens; everything downstream is the trainer's real code."""
+    original = trainer.sample_thoughts
     stops = set(trainer.eos_token_ids)
     limit = trainer.args.max_completion_length
     filler = trainer.processing_class.encode(" the", add_special_tokens=False)[0]
     assert filler not in stops
 
-    def wrapped(prompts):
-        out = list(original(prompts))
-        if getattr(trainer, "_last_sample", None) is not None:
-            trainer._last_sample = None  # in-cache S_pred was for the sampled thoughts: score the forced ones
+    def wrapped(prompts, suffixes=None):
+        rollouts = original(prompts, suffixes)
         forced = []
-        for i, sampled in enumerate(out[1]):
+        for i, sampled in enumerate(rollouts.sampled_ids):
             sampled = [t for t in sampled if t not in stops]
             sampled = (sampled + [filler] * limit)[:limit]
             forced.append(sampled if i % 2 == 0 else sampled[:thought_len] + [trainer.think_close_id])
-        out[1] = forced
-        return tuple(out)
+        # the in-cache S_pred was for the sampled thoughts: score the forced ones
+        return dataclasses.replace(rollouts, sampled_ids=forced, suffix_logps=None)
 
-    trainer._generate = wrapped
+    trainer.sample_thoughts = wrapped
 
 
 # ---------------------------------------------------------------------------------------------- a shared 2-step run
