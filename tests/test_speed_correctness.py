@@ -17,7 +17,7 @@ from tiny_model import THINK_CLOSE
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rlp_trl import RLPTrainer
-from rlp_trl.generation import prefix_shared_sample
+from rlp_trl.generation import prefix_shared_sample, uses_prefix_sharing
 from rlp_trl.scoring import pad_rows, plan_prefix_passes, score_last_tokens, score_sequence_ends
 from rlp_trl.shared_prefix import shared_prefix_logps
 
@@ -155,11 +155,11 @@ def test_trainer_rewards_equal_straightforward_computation(tiny_model_dir, tiny_
 def test_prefix_sharing_falls_back_for_vllm_flag(tiny_model_dir, tmp_path):
     args = tiny_config(tmp_path)
     trainer = RLPTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_dict({"text": ["a b c " * 30]}))
-    assert trainer._uses_prefix_sharing()
+    assert uses_prefix_sharing(trainer)
     trainer.use_vllm = True  # vLLM keeps its own generation (and prefix caching)
-    assert not trainer._uses_prefix_sharing()
+    assert not uses_prefix_sharing(trainer)
     trainer.use_vllm, trainer.args.prefix_sharing = False, False
-    assert not trainer._uses_prefix_sharing()
+    assert not uses_prefix_sharing(trainer)
 
 
 def test_shared_prefix_loss_pass_equals_full_pass(tiny_model_dir, tiny_docs, tmp_path):

@@ -46,12 +46,15 @@ def capture(trainer) -> list[dict]:
     original = trainer._generate_and_score_completions
     cut, ends = trainer.thought_cutter, []
 
-    def cut_and_record(sampled):
-        thought, end = cut(sampled)
-        ends.append(end)
-        return thought, end
+    class Recording:  # the trainer's ThoughtCutter, noting how each thought ended
+        close_ids = cut.close_ids
 
-    trainer.thought_cutter = cut_and_record
+        def __call__(self, sampled):
+            thought, end = cut(sampled)
+            ends.append(end)
+            return thought, end
+
+    trainer.thought_cutter = Recording()
 
     def wrapped(inputs):
         record = {
