@@ -88,8 +88,8 @@ def measure(trainer) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     teacher = trainer.teacher
     if isinstance(teacher, AdapterEMATeacher):
-        teacher_params = [t for _, t, _ in teacher._pairs(model)]
-        teacher_tensors = list(teacher.shadow.values())
+        teacher_params = teacher.adapter_parameters(model)
+        teacher_tensors = [t for _, t in teacher.named_state_tensors()]
     else:
         teacher_params = list(teacher.module.parameters()) if teacher.initialized else []
         teacher_tensors = list(teacher.module.buffers()) if teacher.initialized else []

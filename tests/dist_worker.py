@@ -26,10 +26,9 @@ REPORT: dict = {"runs": []}
 
 
 def full_teacher_state(teacher) -> dict[str, torch.Tensor]:
-    """The teacher's full weights on every rank (gathers ZeRO-3 shards: call on every rank)."""
-    if isinstance(teacher, AdapterEMATeacher):
-        return {k: v.detach().cpu() for k, v in teacher.shadow.items()}
-    return teacher._tensors_for_save(write=True)
+    """The teacher's checkpoint tensors (full weights, or the adapter shadow) on every rank (gathers ZeRO-3 shards:
+    call on every rank)."""
+    return teacher.state_tensors(write=True)
 
 
 def digest(state: dict[str, torch.Tensor]) -> str:

@@ -255,20 +255,19 @@ def test_peft_teacher_is_an_ema_of_the_adapter(quantized, tiny_model_dir, tmp_pa
 
     def wrapped(inputs):
         out = original(inputs)
-        snapshots.append((_adapter_state(model, "default"), {k: v.clone() for k, v in teacher.shadow.items()}))
+        snapshots.append((_adapter_state(model, "default"), {k: v.clone() for k, v in teacher.named_state_tensors()}))
         return out
 
     trainer._generate_and_score_completions = wrapped
     trainer.train()
     theta2 = _adapter_state(model, "default")
     (theta0, phi0), (theta1, phi1) = snapshots
+    phi2 = dict(teacher.named_state_tensors())  # the float32 EMA shadow; the adapter holds it in the adapter's dtype
     to_teacher = lambda k: k.replace(".default.", f".{EMA_ADAPTER}.")  # noqa: E731
     for k, v in theta0.items():
         torch.testing.assert_close(phi0[to_teacher(k)], v.float())  # lazily set to theta at the first batch
         torch.testing.assert_close(phi1[to_teacher(k)], TAU * v.float() + (1 - TAU) * theta1[k].float())
-        torch.testing.assert_close(
-            teacher.shadow[to_teacher(k)], TAU * phi1[to_teacher(k)] + (1 - TAU) * theta2[k].float()
-        )
+        torch.testing.assert_close(phi2[to_teacher(k)], TAU * phi1[to_teacher(k)] + (1 - TAU) * theta2[k].float())
     assert teacher.num_updates == 2 and max((theta2[k] - theta0[k]).abs().max().item() for k in theta0) > 0
     assert all(p.requires_grad for k, p in model.named_parameters() if ".default." in k)  # restored after scoring
     assert memory_ok(teacher, model, adapter_numel)
@@ -285,13 +284,13 @@ def test_peft_teacher_is_an_ema_of_the_adapter(quantized, tiny_model_dir, tmp_pa
     assert model.active_adapter == "default" and model.training == was_training
     assert (got - policy).abs().max() > 1e-6 and (got - base).abs().max() > 1e-6
     ema_now = _adapter_state(model, EMA_ADAPTER)
-    for k, v in teacher.shadow.items():
+    for k, v in phi2.items():
         torch.testing.assert_close(ema_now[k], v.to(ema_now[k].dtype))
 
     # checkpoint: the float32 shadow; the output folders hold the trained adapter only
     ckpt = os.path.join(args.output_dir, "checkpoint-2")
     saved = load_file(os.path.join(ckpt, "rlp_teacher.safetensors"))
-    assert saved.keys() == teacher.shadow.keys() and all(torch.equal(saved[k], v) for k, v in teacher.shadow.items())
+    assert saved.keys() == phi2.keys() and all(torch.equal(saved[k], v) for k, v in phi2.items())
     assert not os.path.exists(os.path.join(ckpt, EMA_ADAPTER))
     restored = AdapterEMATeacher(TAU)
     restored.source_adapter = "default"
@@ -300,7 +299,7 @@ def test_peft_teacher_is_an_ema_of_the_adapter(quantized, tiny_model_dir, tmp_pa
             p.zero_()
     assert restored.load(ckpt, model) and restored.num_updates == 2
     for k, v in _adapter_state(model, EMA_ADAPTER).items():
-        torch.testing.assert_close(v, teacher.shadow[k].to(v.dtype))
+        torch.testing.assert_close(v, phi2[k].to(v.dtype))
 
 
 def memory_ok(teacher, model, adapter_numel) -> bool:
