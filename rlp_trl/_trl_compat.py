@@ -40,7 +40,7 @@ IMPORTS = [
     ("transformers.modeling_utils", "set_zero3_state"),  # ZeRO-3 teacher
 ]
 # Used where present, with a fallback: transformers.integrations.deepspeed.prevent_arange_dtype_change (5.23+, the
-# ZeRO-3 teacher's construction; rlp_trl/teacher.py falls back to what older transformers do themselves).
+# ZeRO-3 teacher's construction; rlp_trl/teacher/zero3.py falls back to what older transformers do themselves).
 
 # method of GRPOTrainer (or its base transformers.Trainer) -> parameters RLP passes or receives (by name).
 # Overridden by RLPTrainer (an override of a method TRL no longer calls would be dead code) or called

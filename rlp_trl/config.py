@@ -309,7 +309,6 @@ class RLPConfig(GRPOConfig):
         except ValueError as error:
             raise _name_the_batch_fix(self, error) from error
         checks = [
-            (0.0 < self.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {self.ema_decay}"),
             (self.teacher_dtype in ("float32", "auto"), f"teacher_dtype must be 'float32' or 'auto', got {self.teacher_dtype!r}"),
             (self.teacher_device in TEACHER_DEVICES, f"teacher_device must be one of {TEACHER_DEVICES}, got {self.teacher_device!r}"),
             (self.num_generations >= 2, f"num_generations (G) must be >= 2 for eq. 7, got {self.num_generations}"),

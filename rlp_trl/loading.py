@@ -34,3 +34,11 @@ def load_policy(name: str, args, quantization_config=None):
         kwargs["quantization_config"] = quantization_config
     kwargs.setdefault("trust_remote_code", args.trust_remote_code)
     return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+
+
+def disable_attention_dropout(model) -> None:
+    """Zero the attention dropout that models keep as a float rather than an `nn.Dropout` (Llama, Qwen, Mistral:
+    `self.attention_dropout`); TRL's `disable_dropout_in_model` only reaches `nn.Dropout` modules."""
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0

@@ -13,6 +13,9 @@ checks it against `rlp_trl.loss.clipped_thought_loss`), logging and checkpointin
 * the EMA teacher (`rlp_trl.teacher`): lazily built, updated after every optimizer step, saved with checkpoints.
 """
 
+# size: one class, the only place GRPOTrainer's hooks are overridden (the RLP step, the policy's log-prob pass,
+# training and checkpoints); each method is a few named calls into the modules that do the work.
+
 import contextlib
 import functools
 import os
@@ -30,7 +33,7 @@ from trl.trainer.utils import use_adapter
 from ._trl_compat import check_trl_compat
 from .config import RLPConfig
 from .data import to_position_dataset
-from .loading import load_policy
+from .loading import disable_attention_dropout, load_policy
 from .generation import prefix_shared_sample, shares_training_prefix, uses_prefix_sharing
 from .markers import markers_missing, think_markers
 from .metrics import completion_rows, generation_metrics, rlp_metrics
@@ -56,14 +59,6 @@ from .teacher import build_teacher
 from .tokens import ensure_pad_token
 from .model_card import CITATION, write_card
 from .window import fit_context_window
-
-
-def disable_attention_dropout(model) -> None:
-    """Zero the attention dropout that models keep as a float rather than an `nn.Dropout` (Llama, Qwen, Mistral:
-    `self.attention_dropout`); TRL's `disable_dropout_in_model` only reaches `nn.Dropout` modules."""
-    for module in model.modules():
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
 
 
 def _reward_computed_in_batch(*args, **kwargs):
