@@ -80,13 +80,17 @@ def sample_positions(
     raise ValueError(f"unknown position strategy {strategy!r}")
 
 
+def missing_text_column(text_field: str, columns) -> UsageError:
+    return UsageError(
+        f"The dataset has no text column {text_field!r}; its columns are {list(columns)}. "
+        f"Pass --dataset_text_field with one of them."
+    )
+
+
 def _text_only(source, text_field):
     for example in source:
         if text_field not in example:
-            raise UsageError(
-                f"The dataset has no text column {text_field!r}; its columns are {sorted(example)}. "
-                f"Pass --dataset_text_field with one of them."
-            )
+            raise missing_text_column(text_field, sorted(example))
         yield {text_field: example[text_field]}
 
 
@@ -119,10 +123,7 @@ _CODE_VERSION = hashlib.sha256(open(__file__, "rb").read()).hexdigest()[:16]
 
 def _tokenize(batch, indices, tokenizer, text_field, bos_ids, max_chars, seed, code_version=None):
     if text_field not in batch:
-        raise UsageError(
-            f"The dataset has no text column {text_field!r}; its columns are {sorted(batch)}. "
-            f"Pass --dataset_text_field with one of them."
-        )
+        raise missing_text_column(text_field, sorted(batch))
     read_errors = batch.get(READ_ERROR_COLUMN) or [None] * len(indices)
     where = batch.get(LINE_COLUMN) or list(indices)
     texts, windowed = [], []
@@ -191,10 +192,7 @@ def build_position_dataset(
         dataset = IterableDataset.from_generator(_text_only, gen_kwargs={"source": dataset, "text_field": text_field})
     columns = dataset.column_names or [text_field]
     if columns is not None and text_field not in columns:
-        raise UsageError(
-            f"The dataset has no text column {text_field!r}; its columns are {columns}. "
-            f"Pass --dataset_text_field with one of them."
-        )
+        raise missing_text_column(text_field, columns)
     probe = tokenizer("a")["input_ids"]
     bos_ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else []
     tokenized = dataset.map(

@@ -129,7 +129,7 @@ def test_default_context_fits_the_window_and_an_explicit_impossible_one_fails_be
         tmp_path, tiny_docs, caplog, monkeypatch):
     """A GPT-2 with 256 positions and the default max_context_tokens (2048): shortened, one log line; an explicit
     250 is an error proposing values, raised before any document is tokenized."""
-    import rlp_trl.trainer as trainer_module
+    import rlp_trl.data as data_module
     from rlp_trl import RLPConfig, RLPTrainer
     from rlp_trl.usage import UsageError
 
@@ -145,8 +145,8 @@ def test_default_context_fits_the_window_and_an_explicit_impossible_one_fails_be
     assert max(len(c) for c in trainer.train_dataset["context_ids"]) <= 245
 
     calls = []
-    original = trainer_module.build_position_dataset
-    monkeypatch.setattr(trainer_module, "build_position_dataset", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = data_module.build_position_dataset
+    monkeypatch.setattr(data_module, "build_position_dataset", lambda *a, **k: calls.append(1) or original(*a, **k))
     with pytest.raises(UsageError) as info:
         RLPTrainer(gpt2, args=tiny_config(tmp_path, max_context_tokens=250), train_dataset=tiny_docs)
     assert not calls
