@@ -51,6 +51,28 @@ def tiny_config(tmp_path, **overrides):
     return RLPConfig(**kwargs)
 
 
+def loss_with_logps_grad(trainer, batch):
+    """Run the trainer's loss (TRL's `_compute_loss`) on a captured batch and backpropagate from zeroed gradients; returns the loss,
+    d loss / d per-token log-probs, and those log-probs."""
+    store = {}
+    original = trainer._get_per_token_logps_and_entropies
+
+    def spy(*args, **kwargs):
+        logps, entropies, aux = original(*args, **kwargs)
+        logps.retain_grad()
+        store["logps"] = logps
+        return logps, entropies, aux
+
+    trainer._get_per_token_logps_and_entropies = spy
+    try:
+        trainer.model.zero_grad(set_to_none=True)
+        loss = trainer._compute_loss(trainer.model, batch)
+        loss.backward()
+    finally:
+        del trainer._get_per_token_logps_and_entropies
+    return loss, store["logps"].grad, store["logps"].detach()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny random Llama + BPE tokenizer (<think>, </think> single tokens), built once per session."""

@@ -8,7 +8,7 @@ RLPTrainer therefore does not override `_compute_loss`; this test is what would 
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import loss_with_logps_grad, tiny_config
 from rlp_trl import RLPTrainer, clipped_thought_loss
 
 EPS_LOW, EPS_HIGH = 0.2, 0.28
@@ -19,26 +19,6 @@ def _batch(trainer):
     trainer.model.train()
     torch.manual_seed(3)
     return trainer._generate_and_score_completions(inputs)
-
-
-def _trl_loss(trainer, batch):
-    """TRL's `_compute_loss` on `batch`; returns the loss, d loss / d per-token log-probs, and those log-probs."""
-    store = {}
-    original = trainer._get_per_token_logps_and_entropies
-
-    def spy(*args, **kwargs):
-        logps, entropies, aux = original(*args, **kwargs)
-        logps.retain_grad()
-        store["logps"] = logps
-        return logps, entropies, aux
-
-    trainer._get_per_token_logps_and_entropies = spy
-    try:
-        loss = trainer._compute_loss(trainer.model, batch)
-        loss.backward()
-    finally:
-        del trainer._get_per_token_logps_and_entropies
-    return loss, store["logps"].grad, store["logps"].detach()
 
 
 @pytest.mark.parametrize("with_is_weights", [False, True], ids=["plain", "is_weights"])
@@ -65,8 +45,7 @@ def test_trl_grpo_loss_is_eq8_on_the_action(tiny_model_dir, tmp_path, tiny_docs,
         batch["importance_sampling_ratio"] = weights
         trainer.use_vllm, trainer.vllm_importance_sampling_correction = True, True
 
-    trainer.model.zero_grad(set_to_none=True)
-    loss, grad, logps = _trl_loss(trainer, batch)
+    loss, grad, logps = loss_with_logps_grad(trainer, batch)
     trl_param_grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
     trainer.use_vllm = False
 

@@ -150,6 +150,10 @@ def test_trainer_rewards_equal_straightforward_computation(tiny_model_dir, tiny_
     torch.testing.assert_close(slow_output["completion_ids"], output["completion_ids"], rtol=0, atol=0)
     torch.testing.assert_close(slow_rewards, rewards, rtol=0, atol=1e-5)
     torch.testing.assert_close(slow_output["advantages"], output["advantages"], rtol=0, atol=1e-5)
+    # the prefix-shared sampler bypasses TRL's _generate: it logs TRL's completion metrics itself, with TRL's values
+    logged = [k for k in slow._metrics["train"] if k.startswith("completions/") or k == "num_tokens"]
+    assert len(logged) >= 8 and slow.state.num_input_tokens_seen == trainer.state.num_input_tokens_seen > 0
+    assert {k: trainer._metrics["train"][k] for k in logged} == {k: slow._metrics["train"][k] for k in logged}
 
 
 def test_prefix_sharing_falls_back_for_vllm_flag(tiny_model_dir, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_config
+from conftest import loss_with_logps_grad, tiny_config
 from rlp_trl import RLPConfig, RLPTrainer, group_advantages
 from rlp_trl.teacher import TEACHER_STATE, TEACHER_WEIGHTS
 from tiny_model import THINK_CLOSE, THINK_OPEN
@@ -308,32 +308,11 @@ def test_tool_mask_covers_exactly_the_action(run):
         assert record["output"]["num_items_in_batch"].item() == record["output"]["tool_mask"].sum().item()
 
 
-def _loss_gradient(trainer, batch):
-    """Run the trainer's own `_compute_loss` on a captured batch; return d loss / d per-token log-probs."""
-    store = {}
-    original = trainer._get_per_token_logps_and_entropies
-
-    def spy(*args, **kwargs):
-        logps, entropies, aux = original(*args, **kwargs)
-        logps.retain_grad()
-        store["logps"] = logps
-        return logps, entropies, aux
-
-    trainer._get_per_token_logps_and_entropies = spy
-    try:
-        trainer.model.zero_grad(set_to_none=True)
-        loss = trainer._compute_loss(trainer.model, batch)
-        loss.backward()
-    finally:
-        del trainer._get_per_token_logps_and_entropies
-    return loss, store["logps"].grad
-
-
 def test_only_thought_tokens_receive_gradient(run):
     trainer = run["trainer"]
     batch = dict(run["records"][-1]["output"])
     mask = (batch["completion_mask"] * batch["tool_mask"]).float()
-    loss, grad = _loss_gradient(trainer, batch)
+    loss, grad, _ = loss_with_logps_grad(trainer, batch)
     assert torch.isfinite(loss)
     # on-policy (old = current): rho = 1, so d loss / d logp_u = -A / (|c| * N) on thought tokens, 0 elsewhere
     adv = batch["advantages"][:, None]
@@ -389,7 +368,7 @@ def test_truncated_thoughts(tiny_model_dir, tmp_path, tiny_docs, mode):
     assert m["rlp/thought_truncated_frac"] == 0.5
     assert m["rlp/thought_length_max"] == limit and m["rlp/thought_length_mean"] == (limit + 2) / 2
     check_rewards_against_plain_recomputation(trainer, record, tiny_model_dir)  # scored on the forced thoughts
-    _, grad = _loss_gradient(trainer, dict(record["output"]))
+    _, grad, _ = loss_with_logps_grad(trainer, dict(record["output"]))
     assert (grad[1::2, :2] != 0).any()  # closed thoughts always train
     if mode == "mask":
         assert torch.all(grad[0::2] == 0)  # truncated thoughts get zero loss weight
