@@ -19,6 +19,7 @@ and un-gathered ZeRO-3 keep TRL's own path.
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 from .scoring import mask_positions, pad_rows
 
@@ -172,3 +173,17 @@ def shares_training_prefix(trainer, model) -> bool:
         and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled
         and not getattr(unwrapped, "is_gradient_checkpointing", False)
     )
+
+
+def vllm_stop_kwargs(generation_kwargs: dict | None, close_id: int | None, min_thought_tokens: int) -> dict:
+    """vLLM SamplingParams additions: stop on the close marker (single-token markers), at least `min_thought_tokens`
+    tokens per thought (Alg. 1, line 7)."""
+    stop = {"stop_token_ids": [close_id]} if close_id is not None else {}
+    return {**(generation_kwargs or {}), **stop, "min_tokens": min_thought_tokens}
+
+
+def hf_generation_config(generation_kwargs: dict, eos_token_ids: list[int], min_thought_tokens: int) -> GenerationConfig:
+    """TRL's HF-generate settings (updated in place) with RLP's stop ids (EOS and the close marker) and at least
+    `min_thought_tokens` tokens per thought; `prefix_shared_sample` reads the same config."""
+    generation_kwargs.update(eos_token_id=eos_token_ids, min_new_tokens=min_thought_tokens)
+    return GenerationConfig(**generation_kwargs, disable_compile=True)

@@ -1,8 +1,10 @@
-"""Load models: the policy a run starts from (`load_policy`), and what the trainer saved: a full model folder, or a
-LoRA output folder (adapter_config.json) on its base (`load_causal_lm`)."""
+"""Models in and out: the policy a run starts from (`load_policy`) and its attention dropout off
+(`disable_attention_dropout`); the KV cache on while a model is saved (`kv_cache_on`); what the trainer saved, a full
+model folder or a LoRA output folder (adapter_config.json) on its base (`load_causal_lm`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -42,3 +44,18 @@ def disable_attention_dropout(model) -> None:
     for module in model.modules():
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
+
+
+@contextlib.contextmanager
+def kv_cache_on(model):
+    """`config.use_cache = True` for the duration (training turns it off), then back to what it was."""
+    config = getattr(model, "config", None)
+    if config is None:
+        yield
+        return
+    before = getattr(config, "use_cache", None)
+    config.use_cache = True
+    try:
+        yield
+    finally:
+        config.use_cache = before

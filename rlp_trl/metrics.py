@@ -1,7 +1,9 @@
 """What one RLP step logs: TRL's completion-length metrics for the prefix-shared sampler (which bypasses TRL's
-`_generate`, where they are computed), RLP's own `rlp/*` metrics, and the rows of TRL's completions table."""
+`_generate`, where they are computed), RLP's own `rlp/*` metrics, and the rows of TRL's completions table
+(`log_generation`, `log_step`: they write into the trainer's `_metrics` / `_logs` buffers, which TRL logs)."""
 
 import torch
+from accelerate.utils import gather_object
 
 from .loss import LENGTH_LIMIT, SAMPLED_CLOSE
 from .rollouts import Thoughts
@@ -59,3 +61,34 @@ def completion_rows(decode, inputs, thoughts: Thoughts) -> dict[str, list[str]]:
         "completion": [decode(t) for t in thoughts.ids],
         "target": [decode(x["target_ids"]) for x in inputs],
     }
+
+
+
+def log_generation(metrics: dict, state, mode: str, gather, device, prompt_ids, completion_ids, stop_ids) -> None:
+    """Log what TRL's `_generate` logs (`trainer._metrics`, and the Trainer state's token count in training), for the
+    prefix-shared sampler that bypasses it."""
+    values = generation_metrics(gather, prompt_ids, completion_ids, stop_ids, device)
+    if mode == "train":
+        state.num_input_tokens_seen += values.pop("tokens")
+    else:
+        values.pop("tokens")
+    metrics[mode]["num_tokens"] = [state.num_input_tokens_seen]
+    for key, value in values.items():
+        metrics[mode][key].append(value)
+
+
+def log_step(metrics: dict, logs: dict, gather, decode, inputs, thoughts: Thoughts, reasoned, baseline, gains, rewards,
+             advantages, teacher_updates: int) -> None:
+    """Log one step's `rlp/*` metrics (into `trainer._metrics[mode]`) and its rows of TRL's completions table
+    (`trainer._logs`); `gains`, `rewards` and `advantages` are already gathered from every process."""
+    values = rlp_metrics(gather, thoughts, reasoned, baseline, gains, advantages, teacher_updates)
+    if rewards is not gains:  # an ablation reward (reward_type): its mean next to the gain's
+        values["rlp/reward_mean"] = rewards.mean().item()
+    for key, value in values.items():
+        metrics[key].append(value)
+    rows = {k: gather_object(v) for k, v in completion_rows(decode, inputs, thoughts).items()}
+    logs["prompt"].extend(rows["prompt"])
+    logs["completion"].extend(rows["completion"])
+    logs["extra"]["target"].extend(rows["target"])
+    logs["rewards"]["info_gain"].extend(gains.tolist())
+    logs["advantages"].extend(advantages.tolist())

@@ -7,23 +7,18 @@ checks it against `rlp_trl.loss.clipped_thought_loss`), logging and checkpointin
 
 * data: documents are turned into positions (`rlp_trl.data`); a prompt is a token-id context plus `<think>`;
 * `_generate_and_score_completions`, one RLP step as named calls over typed values (`rlp_trl.rollouts`): sample
-  thoughts -> cut them (thought + `</think>` + the true next token(s)) -> S_pred (eq. 3) and S_ema (eq. 4) ->
-  information gain (eq. 5) and group advantages (eq. 7) -> the dict TRL's loss reads, where only the action (the
-  thought and a `</think>` the policy sampled, `loss.action_mask`) is in `tool_mask`;
+  thoughts -> cut them (thought + `</think>` + true next token(s)) -> S_pred, S_ema (eqs. 3-4) -> information gain
+  and advantages (eqs. 5, 7) -> TRL's loss inputs, the action (thought, sampled `</think>`) as `tool_mask`;
 * the EMA teacher (`rlp_trl.teacher`): lazily built, updated after every optimizer step, saved with checkpoints.
 """
-
-# size: one class, the only place GRPOTrainer's hooks are overridden (the RLP step, the policy's log-prob pass,
-# training and checkpoints); each method is a few named calls into the modules that do the work.
 
 import contextlib
 import functools
 import os
 
 import torch
-from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
-from transformers import AutoTokenizer, GenerationConfig, TrainerCallback
+from transformers import AutoTokenizer
 from transformers.trainer_utils import TrainOutput
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context
@@ -33,19 +28,20 @@ from trl.trainer.utils import use_adapter
 from ._trl_compat import check_trl_compat
 from .config import RLPConfig
 from .data import to_position_dataset
-from .loading import disable_attention_dropout, load_policy
-from .generation import prefix_shared_sample, shares_training_prefix, uses_prefix_sharing
+from .loading import disable_attention_dropout, kv_cache_on, load_policy
+from .generation import (
+    hf_generation_config, prefix_shared_sample, shares_training_prefix, uses_prefix_sharing, vllm_stop_kwargs,
+)
 from .markers import markers_missing, think_markers
-from .metrics import completion_rows, generation_metrics, rlp_metrics
+from .metrics import log_generation, log_step
 from .resilience import (
     CheckpointStager,
     GracefulStop,
     NonFiniteGuard,
     ResumeState,
-    claim_output_dir,
+    claimed_output_dir,
     finished_at,
     load_finished,
-    on_main_then_everywhere,
     preflight,
     sampling_error,
     verify_state_finite,
@@ -55,7 +51,7 @@ from .rollouts import Completions, Rollouts, ThoughtCutter, Thoughts, cut_though
 from .scoring import pad_rows, score_last_tokens, score_sequence_ends
 from .shared_prefix import policy_logps
 from .surprise import make_position_scorer
-from .teacher import build_teacher
+from .teacher import EMAUpdateCallback, build_teacher
 from .tokens import ensure_pad_token
 from .model_card import CITATION, write_card
 from .window import fit_context_window
@@ -65,19 +61,6 @@ def _reward_computed_in_batch(*args, **kwargs):
     """GRPOTrainer requires a reward function; RLP's reward (eq. 5, `rlp_trl.rewards.information_gain`) needs the
     policy and the teacher, so `RLPTrainer._generate_and_score_completions` computes it and this is never called."""
     raise RuntimeError("the RLP information gain is computed inside RLPTrainer, not as a reward function")
-
-
-class _EMAUpdateCallback(TrainerCallback):
-    """phi <- tau * phi + (1 - tau) * theta after every optimizer step (Alg. 1, line 15)."""
-
-    def __init__(self, trainer: "RLPTrainer"):
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer.nonfinite_guard.check_weights_after_step()  # a non-finite policy stops here: no EMA, no save
-        teacher = self.trainer.teacher
-        if teacher.initialized:
-            teacher.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
 
 
 class RLPTrainer(GRPOTrainer):
@@ -132,19 +115,17 @@ class RLPTrainer(GRPOTrainer):
             processing_class, model, args, as_text=text_markers
         )
         if args.use_vllm:  # vLLM SamplingParams: stop on the close marker, at least min_thought_tokens (Alg. 1, l. 7)
-            stop = {"stop_token_ids": [self.think_close_id]} if self.think_close_id is not None else {}
-            args.generation_kwargs = {**(args.generation_kwargs or {}), **stop, "min_tokens": args.min_thought_tokens}
+            args.generation_kwargs = vllm_stop_kwargs(args.generation_kwargs, self.think_close_id, args.min_thought_tokens)
 
         self.position_stats = None
         # the default context shrinks to the model's window; an impossible explicit one fails before tokenizing
         fit_context_window(model, args, len(self.think_open_ids), len(self.think_close_ids))
-        scorer = None
+        scorer = None  # `surprising` positions: one pass over the corpus with the initial model (rlp_trl.surprise)
         if args.position_strategy == "surprising":
             scorer = make_position_scorer(model, args.max_context_tokens, processing_class.pad_token_id)
-        if train_dataset is not None:
-            train_dataset = self._to_positions(train_dataset, processing_class, args, scorer)
-        if eval_dataset is not None:
-            eval_dataset = self._to_positions(eval_dataset, processing_class, args, scorer)
+        train_dataset, eval_dataset = (
+            None if d is None else self._to_positions(d, processing_class, args, scorer) for d in (train_dataset, eval_dataset)
+        )
 
         model_init_kwargs, args.model_init_kwargs = args.model_init_kwargs, None if loaded_here else args.model_init_kwargs
         super().__init__(
@@ -168,8 +149,7 @@ class RLPTrainer(GRPOTrainer):
         if self.think_close_id is not None and self.think_close_id not in self.eos_token_ids:
             self.eos_token_ids = [*self.eos_token_ids, self.think_close_id]
         if not self.use_vllm:
-            self.generation_kwargs.update(eos_token_id=self.eos_token_ids, min_new_tokens=args.min_thought_tokens)
-            self.generation_config = GenerationConfig(**self.generation_kwargs, disable_compile=True)
+            self.generation_config = hf_generation_config(self.generation_kwargs, self.eos_token_ids, args.min_thought_tokens)
         # where a sampled thought ends (rlp_trl.rollouts): the first stop token, or a text marker's first spelling
         self.thought_cutter = ThoughtCutter(
             frozenset(self.eos_token_ids), tuple(self.think_close_ids), close_text=args.think_close if text_markers else None,
@@ -179,7 +159,11 @@ class RLPTrainer(GRPOTrainer):
         # the optimizer and the DeepSpeed engine exist, so a PEFT teacher adapter is frozen and partitioned with the
         # model. Incompatible options (e.g. teacher_device="cpu" with PEFT, FSDP) fail here, naming the fix.
         self.teacher = build_teacher(self.model, args, self.accelerator)
-        self.add_callback(_EMAUpdateCallback(self))
+        # phi <- tau phi + (1 - tau) theta after every optimizer step, once the policy's weights are checked finite
+        self.add_callback(EMAUpdateCallback(
+            self.teacher, lambda: self.accelerator.unwrap_model(self.model),
+            before_update=lambda: self.nonfinite_guard.check_weights_after_step(),
+        ))
         # Reliability (rlp_trl.resilience, docs/reliability.md): one piece per concern, built once, owned here
         self.interrupted: str | None = None  # set by train(): the signal that stopped it (after a saved checkpoint)
         self.already_finished: int | None = None  # set by train(): the checkpoint resumed from was at max_steps
@@ -251,7 +235,8 @@ class RLPTrainer(GRPOTrainer):
                 self.vllm_importance_sampling_clip_max,
             )
         all_gains = all_rewards if rewards is gains else self.accelerator.gather(gains)
-        self._log_step(mode, inputs, thoughts, reasoned, baseline, all_gains, all_rewards, all_advantages)
+        log_step(self._metrics[mode], self._logs, self.accelerator.gather, self._tokenizer.decode, inputs, thoughts,
+                 reasoned, baseline, all_gains, all_rewards, all_advantages, self.teacher.num_updates)
         num_items = self.accelerator.gather(batch.loss_mask.sum()).sum()
         return pack_for_trl(batch, advantages, num_items, old_logps, ref_logps, is_ratio)
 
@@ -279,7 +264,9 @@ class RLPTrainer(GRPOTrainer):
             if nonfinite is None:
                 raise
             raise nonfinite from err
-        self._log_generation(prompts, sample.completion_ids)
+        mode, stops = "train" if self.model.training else "eval", {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        log_generation(self._metrics, self.state, mode, self.accelerator.gather, self.accelerator.device, prompts,
+                       sample.completion_ids, stops)
         return Rollouts(prompts, sample.completion_ids, suffix_logps=sample.suffix_logps,
                         prefill_tokens=sample.prefill_tokens, decode_tokens=sample.decode_tokens)
 
@@ -343,47 +330,12 @@ class RLPTrainer(GRPOTrainer):
         )
         return logps, entropies, None
 
-    # ------------------------------------------------------------------ logging
-    def _log_generation(self, prompt_ids, completion_ids) -> None:
-        """What TRL's `_generate` logs, for the prefix-shared sampler that bypasses it."""
-        mode = "train" if self.model.training else "eval"
-        stops = {*self.eos_token_ids, self._tokenizer.pad_token_id}
-        values = generation_metrics(self.accelerator.gather, prompt_ids, completion_ids, stops, self.accelerator.device)
-        if mode == "train":
-            self.state.num_input_tokens_seen += values["tokens"]
-        self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
-        for key, value in values.items():
-            if key != "tokens":
-                self._metrics[mode][key].append(value)
-
-    def _log_step(self, mode, inputs, thoughts, reasoned, baseline, all_gains, all_rewards, all_advantages) -> None:
-        metrics = rlp_metrics(self.accelerator.gather, thoughts, reasoned, baseline, all_gains, all_advantages,
-                              self.teacher.num_updates)
-        if all_rewards is not all_gains:  # an ablation reward (reward_type): its mean next to the gain's
-            metrics["rlp/reward_mean"] = all_rewards.mean().item()
-        for key, value in metrics.items():
-            self._metrics[mode][key].append(value)
-        rows = {k: gather_object(v) for k, v in completion_rows(self._tokenizer.decode, inputs, thoughts).items()}
-        self._logs["prompt"].extend(rows["prompt"])
-        self._logs["completion"].extend(rows["completion"])
-        self._logs["extra"]["target"].extend(rows["target"])
-        self._logs["rewards"]["info_gain"].extend(all_gains.tolist())
-        self._logs["advantages"].extend(all_advantages.tolist())
-
     # ------------------------------------------------------------------ training and checkpoints (rlp_trl.resilience)
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train` with one writer per output folder, a verified checkpoint to resume from (`True` / `"last"` /
         `"auto"` / a path), pre-flight checks and graceful SIGTERM / SIGINT (docs/reliability.md)."""
         self.interrupted = self.already_finished = None
-        held = []  # the output folder's lock, on the main process
-
-        def claim():
-            lock, checkpoint = claim_output_dir(self.args.output_dir, resume_from_checkpoint)
-            held.append(lock)
-            return checkpoint
-
-        resume = on_main_then_everywhere(self.accelerator, claim)
-        try:
+        with claimed_output_dir(self.accelerator, self.args.output_dir, resume_from_checkpoint) as resume:
             done = finished_at(resume, self.args) if resume is not None else None
             if done is not None:  # the checkpoint is already at max_steps: nothing to train
                 self.state, self.already_finished = load_finished(resume, done, self.accelerator), done
@@ -402,9 +354,6 @@ class RLPTrainer(GRPOTrainer):
                 self.graceful_stop.uninstall()
             self.interrupted = self.graceful_stop.report(self.state.global_step, self.args.output_dir)
             return output
-        finally:
-            for lock in held:
-                lock.release()
 
     def _get_output_dir(self, trial):
         # while a checkpoint is being written, everything the Trainer, TRL and RLP save for it goes to its staging folder
@@ -428,16 +377,9 @@ class RLPTrainer(GRPOTrainer):
 
     def _save(self, output_dir=None, state_dict=None):
         unwrapped = self.accelerator.unwrap_model(self.model)
-        config = getattr(unwrapped, "config", None)
-        use_cache = getattr(config, "use_cache", None)
-        if config is not None:  # training turns the KV cache off; a saved model generates with it
-            config.use_cache = True
-        try:
-            with self.teacher.hidden_from_saving(unwrapped):
-                super()._save(output_dir, state_dict)
-        finally:
-            if config is not None:
-                config.use_cache = use_cache
+        # training turns the KV cache off; a saved model generates with it. Saved outputs hold the policy only.
+        with kv_cache_on(unwrapped), self.teacher.hidden_from_saving(unwrapped):
+            super()._save(output_dir, state_dict)
         if self.args.should_save:
             write_card(self, output_dir or self.args.output_dir)
 

@@ -168,6 +168,24 @@ def claim_output_dir(output_dir: str, resume_from_checkpoint) -> tuple[OutputDir
     return lock, resume
 
 
+@contextlib.contextmanager
+def claimed_output_dir(accelerator, output_dir: str, resume_from_checkpoint):
+    """For the length of `train()`: the main process holds the output folder's lock (`claim_output_dir`); every
+    process gets the verified checkpoint to resume from (or None). The lock is released on exit, whatever happens."""
+    held = []
+
+    def claim():
+        lock, checkpoint = claim_output_dir(output_dir, resume_from_checkpoint)
+        held.append(lock)
+        return checkpoint
+
+    try:
+        yield on_main_then_everywhere(accelerator, claim)
+    finally:
+        for lock in held:
+            lock.release()
+
+
 def on_main_then_everywhere(accelerator, fn):
     """Run `fn` on the main process only and hand its result (or its exception) to every process."""
     box = [None]

@@ -20,13 +20,14 @@ tensors alike.
 """
 
 from .adapter import EMA_ADAPTER, AdapterEMATeacher
-from .build import build_teacher
+from .build import EMAUpdateCallback, build_teacher
 from .checkpoint import TEACHER_STATE, TEACHER_WEIGHTS
 from .full import EMATeacher, ema_update_
 from .protocol import Teacher
 from .zero3 import ZeRO3EMATeacher
 
 __all__ = [
+    "EMAUpdateCallback",
     "EMA_ADAPTER",
     "TEACHER_STATE",
     "TEACHER_WEIGHTS",

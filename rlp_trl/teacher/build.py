@@ -1,7 +1,10 @@
-"""`build_teacher`: the EMA teacher that fits the model and the training backend."""
+"""`build_teacher`: the EMA teacher that fits the model and the training backend; `EMAUpdateCallback` updates it."""
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
 from ..usage import UsageError
 from .adapter import EMA_ADAPTER, AdapterEMATeacher
@@ -43,3 +46,22 @@ def build_teacher(model: nn.Module, args, accelerator) -> Teacher:
             offload=args.teacher_device == "cpu",
         )
     return EMATeacher(args.ema_decay, dtype, device="cpu" if args.teacher_device == "cpu" else None)
+
+
+class EMAUpdateCallback(TrainerCallback):
+    """phi <- tau * phi + (1 - tau) * theta after every optimizer step (Alg. 1, line 15), once the teacher exists.
+
+    Args:
+        teacher: the run's teacher.
+        policy: returns the unwrapped policy.
+        before_update: called first (the non-finite guard's weight check: a non-finite policy stops training here,
+            before it is averaged into the teacher).
+    """
+
+    def __init__(self, teacher: Teacher, policy: Callable[[], nn.Module], before_update: Callable[[], None]):
+        self.teacher, self.policy, self.before_update = teacher, policy, before_update
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.before_update()
+        if self.teacher.initialized:
+            self.teacher.update(self.policy())
