@@ -63,6 +63,9 @@ def _reward_computed_in_batch(*args, **kwargs):
     raise RuntimeError("the RLP information gain is computed inside RLPTrainer, not as a reward function")
 
 
+# RLPTrainer is ~330 lines, over the ~200 a class should aim for: it is the one place where GRPOTrainer's hooks are
+# overridden (construction, the RLP step, the log-prob pass, train/save/resume), and each method is a few named calls
+# into the modules that do the work; splitting it would bring back the mixins issue 11 removed.
 class RLPTrainer(GRPOTrainer):
     """Reinforcement Learning Pretraining (RLP) trainer: GRPO's machinery, RLP's reward, advantage and loss.
 
@@ -76,12 +79,7 @@ class RLPTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "rlp"]
     _name = "RLP"
-    _paper = {
-        "title": "RLP: Reinforcement as a Pretraining Objective",
-        "id": "2510.01265",
-        # docstyle-ignore
-        "citation": CITATION,
-    }
+    _paper = {"title": "RLP: Reinforcement as a Pretraining Objective", "id": "2510.01265", "citation": CITATION}
 
     def __init__(
         self,
