@@ -9,11 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer
 
-from conftest import tiny_config
+from conftest import loss_with_logps_grad, tiny_config
 from rlp_trl import RLPTrainer
 from rlp_trl.loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE, action_mask
 from rlp_trl.markers import prepare_think_markers
-from test_trainer import _loss_gradient, capture, rows_of, thought_logps
+from test_trainer import capture, rows_of, thought_logps
 from tiny_model import build_tiny_gpt2
 
 
@@ -54,7 +54,7 @@ def test_gradient_reaches_only_a_sampled_close(tiny_model_dir, tmp_path, tiny_do
     trainer.train()
     (record,) = records
     batch = dict(record["output"])
-    _, grad = _loss_gradient(trainer, batch)
+    _, grad, _ = loss_with_logps_grad(trainer, batch)
     limit = trainer.args.max_completion_length
     for i, r in enumerate(rows_of(record, trainer)):
         n, g = len(r["thought"]), grad[i]
@@ -91,7 +91,7 @@ def test_loss_value_against_a_hand_computation(tiny_model_dir, tmp_path, tiny_do
     shift = torch.tensor([[0.4 * math.sin(3 * i + j) for j in range(width)] for i in range(len(rows))])
     old = torch.stack([torch.nn.functional.pad(c, (0, width - c.numel())) for c in current]) - shift
     batch["old_per_token_logps"] = old
-    loss, _ = _loss_gradient(trainer, batch)
+    loss, _, _ = loss_with_logps_grad(trainer, batch)
     expected = 0.0
     for i, r in enumerate(rows):
         a = batch["advantages"][i].item()
