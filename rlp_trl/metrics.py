@@ -68,10 +68,9 @@ def log_generation(metrics: dict, state, mode: str, gather, device, prompt_ids, 
     """Log what TRL's `_generate` logs (`trainer._metrics`, and the Trainer state's token count in training), for the
     prefix-shared sampler that bypasses it."""
     values = generation_metrics(gather, prompt_ids, completion_ids, stop_ids, device)
+    tokens = values.pop("tokens")
     if mode == "train":
-        state.num_input_tokens_seen += values.pop("tokens")
-    else:
-        values.pop("tokens")
+        state.num_input_tokens_seen += tokens
     metrics[mode]["num_tokens"] = [state.num_input_tokens_seen]
     for key, value in values.items():
         metrics[mode][key].append(value)

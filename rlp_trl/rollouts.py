@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from trl.trainer.utils import pad
 
 from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE, action_mask
 from .markers import split_thought, split_thought_text
+from .scoring import pad_rows
 
 
 @dataclass
@@ -112,16 +112,10 @@ def cut_thoughts(sampled: list[list[int]], targets: list[list[int]], cutter: Tho
 
 
 def tensorize(prompt_ids: list[list[int]], thoughts: Thoughts, pad_id: int, device) -> Completions:
-    def rows(values, fill, side):
-        return pad([torch.tensor(r, dtype=torch.long) for r in values], padding_value=fill, padding_side=side).to(device)
-
-    return Completions(
-        prompt_ids=rows(prompt_ids, pad_id, "left"),
-        prompt_mask=rows([[1] * len(p) for p in prompt_ids], 0, "left"),
-        completion_ids=rows(thoughts.completions, pad_id, "right"),
-        completion_mask=rows([[1] * len(c) for c in thoughts.completions], 0, "right"),
-        action_mask=rows(thoughts.action_masks, 0, "right"),
-    )
+    prompts, prompt_mask = pad_rows(prompt_ids, pad_id, device, "left")
+    completions, completion_mask = pad_rows(thoughts.completions, pad_id, device, "right")
+    action, _ = pad_rows(thoughts.action_masks, 0, device, "right")
+    return Completions(prompts, prompt_mask, completions, completion_mask, action)
 
 
 def vllm_is_ratio(old_per_token_logps, sampling_logps, action_masks, loss_mask, mode: str, clip_min, clip_max):

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -61,7 +62,7 @@ def run_single(name: str, overrides: dict, model_dir: str, workdir: str) -> dict
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    args = tiny_config(_Path(os.path.join(workdir, name)), max_steps=STEPS, **overrides)
+    args = tiny_config(Path(workdir) / name, max_steps=STEPS, **overrides)
     trainer = RLPTrainer(model_dir, args=args, train_dataset=Dataset.from_dict({"text": tiny_corpus(40)}),
                          peft_config=peft_config)
     steps = []
@@ -88,11 +89,6 @@ def run_single(name: str, overrides: dict, model_dir: str, workdir: str) -> dict
         "teacher": _digest(trainer.teacher.named_state_tensors()),
         "policy": _digest([(n, p) for n, p in model.named_parameters() if p.requires_grad]),
     }
-
-
-class _Path(str):
-    def __truediv__(self, other):
-        return _Path(os.path.join(self, other))
 
 
 def run_distributed(model_dir: str, workdir: str) -> dict:
@@ -148,11 +144,9 @@ def compare(a_path: str, b_path: str, tol: float) -> int:
         for key in sorted(set(a[run]) | set(b[run])):
             diffs[key] = _diff(a[run].get(key), b[run].get(key))
         worst = max(worst, *diffs.values())
-        for key in ("history",):
-            if key in a[run] and key in b[run] and a[run][key] and b[run][key]:
-                only_a, only_b = set(a[run][key][0]) - set(b[run][key][0]), set(b[run][key][0]) - set(a[run][key][0])
-                if only_a or only_b:
-                    print(f"{run}: metrics only before {sorted(only_a)}, only after {sorted(only_b)}")
+        before, after = (set((x[run].get("history") or [{}])[0]) for x in (a, b))
+        if before != after:  # a metric added or removed: reported, not counted as a difference
+            print(f"{run}: metrics only before {sorted(before - after)}, only after {sorted(after - before)}")
         print(f"{run}: " + ", ".join(f"{k} {'same' if v == 0 else f'{v:.3g}'}" for k, v in diffs.items()))
     print(f"largest difference: {worst:.3g} (tolerance {tol:g})")
     return 0 if worst <= tol else 1
