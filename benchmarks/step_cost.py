@@ -124,7 +124,7 @@ class TimedSharedGRPO(TimedGRPO):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **extra):
-        logps, entropies = policy_logps(
+        logps, entropies, _ = policy_logps(
             model, self.accelerator.unwrap_model(model), input_ids, attention_mask, logits_to_keep,
             batch_size or input_ids.size(0), compute_entropy, self.accelerator.autocast, share=True,
         )

@@ -48,6 +48,8 @@ def _check_before_grpo(cfg) -> None:
          "None or a finite number > 0"),
         ("ema_decay", _is_number(cfg.ema_decay) and 0 < cfg.ema_decay < 1, "in (0, 1) (tau of the EMA teacher)"),
         ("reward_discount", _is_number(cfg.reward_discount) and 0 < cfg.reward_discount <= 1, "in (0, 1]"),
+        ("reader_nll_coef", _is_number(cfg.reader_nll_coef) and cfg.reader_nll_coef >= 0, "a finite number >= 0"),
+        ("nothink_nll_coef", _is_number(cfg.nothink_nll_coef) and cfg.nothink_nll_coef >= 0, "a finite number >= 0"),
     ]
     for name in ("max_context_tokens", "min_context_tokens", "positions_per_document", "reward_horizon", "min_thought_tokens"):
         checks.append((name, _is_int(getattr(cfg, name)), "an integer"))
@@ -172,6 +174,20 @@ class RLPConfig(GRPOConfig):
         dataset_text_field (`str`, *optional*, defaults to `"text"`):
             Column of the training dataset holding the raw documents.
 
+        > RLP: likelihood terms (off in the paper; docs/algorithm.md, docs/learning_curve.md)
+
+        reader_nll_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of the reader term added to eq. 8's loss: the NLL of the true token(s) x_t.. after the thought and
+            `</think>` under the policy at temperature 1, per thought (tokens weighted `reward_discount**j`, averaged),
+            averaged over thoughts as eq. 8 is. Its gradient is the pathwise part of the gradient of RLP's objective
+            E_c[log p_theta(x_t | x_<t, c)], which eq. 8 leaves out: it trains the model to read its thought
+            (Quiet-STaR trains it; the paper's runs do not). Read from the loss pass: no extra forward.
+        nothink_nll_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of the ordinary next-token NLL of the same true token(s) without a thought, log p_theta(x_t | x_<t)
+            at temperature 1, averaged like the reader term, so both ways of predicting x_t get likelihood training
+            and a positive held-out gain means the thought helps. Read from the loss pass for `reward_horizon=1`; one
+            extra forward per distinct context for `reward_horizon > 1`.
+
         > RLP: robustness (docs/reliability.md)
 
         on_nonfinite (`str`, *optional*, defaults to `"skip"`):
@@ -269,6 +285,14 @@ class RLPConfig(GRPOConfig):
     )
     no_think_baseline: str = field(default="ema", metadata={"help": "S_ema from the 'ema' teacher or the 'live' policy."})
     dataset_text_field: str = field(default="text", metadata={"help": "Dataset column with the documents."})
+
+    # Likelihood terms
+    reader_nll_coef: float = field(
+        default=0.0, metadata={"help": "Weight of the NLL of x_t after the thought (the reader term; paper: 0)."}
+    )
+    nothink_nll_coef: float = field(
+        default=0.0, metadata={"help": "Weight of the no-thought NLL of x_t (ordinary next-token loss; paper: 0)."}
+    )
 
     # Robustness
     on_nonfinite: str = field(

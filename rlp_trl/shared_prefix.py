@@ -10,28 +10,50 @@ Both passes (and `padded_logps`, the plain pass used when nothing is shared) run
 were sampled at (`mask_positions`): left padding does not shift an absolute-position model (GPT-2, OPT).
 """
 
+import contextlib
+
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from .likelihood import LikelihoodLogps, LikelihoodRequest, causal_lm, head_logps, last_hidden_states, reader_logps
 from .scoring import mask_positions
 
 
-def padded_logps(model, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast):
+def _hidden_states(unwrapped, request):
+    """The backbone's hidden states of the forwards in the block when `request` asks for likelihood terms."""
+    return last_hidden_states(causal_lm(unwrapped)) if request is not None else contextlib.nullcontext([])
+
+
+def padded_logps(model, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast, unwrapped=None,
+                 request: LikelihoodRequest | None = None):
     """Log-probs (and entropies) of the last `logits_to_keep` tokens of each row with one full forward: TRL's
-    text-only `_get_per_token_logps_and_entropies` chunk, plus position ids from the attention mask."""
+    text-only `_get_per_token_logps_and_entropies` chunk, plus position ids from the attention mask; with a
+    `request`, also the temperature-1 log-probs of the likelihood terms (`rlp_trl.likelihood`) from the same pass."""
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     labels[:, :-logits_to_keep] = -100
-    with autocast():
+    with autocast(), _hidden_states(unwrapped, request) as hidden:
         out = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=mask_positions(attention_mask),
             labels=labels, fused_lm_head=True,
         )
     entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
-    return out.log_probs[:, -logits_to_keep:], entropy
+    extra = None
+    if request is not None:
+        prompt_len, lm = input_ids.size(1) - logits_to_keep, causal_lm(unwrapped)
+        completion_ids, completion_mask = input_ids[:, prompt_len:], attention_mask[:, prompt_len:]
+        reader = reader_logps(lm, hidden[0], completion_ids, completion_mask, request.horizon, prompt_len - 1)
+        nothink = None
+        if request.nothink:  # the context's last token predicts x_t (the first scored token)
+            x_t = completion_ids.gather(1, completion_mask.sum(1, keepdim=True) - request.horizon)
+            nothink = head_logps(lm, hidden[0][:, prompt_len - 1 - request.open_len], x_t[:, 0])[:, None]
+        extra = LikelihoodLogps(reader, nothink)
+    return out.log_probs[:, -logits_to_keep:], entropy, extra
 
 
-def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast):
-    """Log-probs (and entropies) of the last `logits_to_keep` tokens of each row, or None when nothing is shared.
+def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast,
+                        request: LikelihoodRequest | None = None):
+    """Log-probs (and entropies; the likelihood terms' log-probs for a `request`) of the last `logits_to_keep` tokens
+    of each row, or None when nothing is shared.
 
     Args:
         model: the (possibly DDP-wrapped) policy with TRL's fused LM head; runs the completion part.
@@ -48,7 +70,7 @@ def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_k
     if unique.size(0) == input_ids.size(0):  # no prompt appears twice
         return None
     unique_mask = unique[:, prompt_len - 1 :]
-    with autocast():
+    with autocast(), _hidden_states(unwrapped, request) as prefix_hidden:
         prefix = unwrapped(
             input_ids=unique[:, : prompt_len - 1], attention_mask=unique_mask, position_ids=mask_positions(unique_mask),
             use_cache=True, logits_to_keep=1,
@@ -60,25 +82,43 @@ def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_k
     tail = input_ids[:, prompt_len - 1 :]  # the last prompt token predicts the first completion token
     labels = tail.masked_fill(attention_mask[:, prompt_len - 1 :] == 0, -100)
     labels[:, 0] = -100
-    with autocast():
+    with autocast(), _hidden_states(unwrapped, request) as tail_hidden:
         out = model(
             input_ids=tail, attention_mask=attention_mask, position_ids=mask_positions(attention_mask)[:, prompt_len - 1 :],
             past_key_values=cache, labels=labels, fused_lm_head=True,
         )
     entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
-    return out.log_probs[:, -logits_to_keep:], entropy
+    extra = None
+    if request is not None:  # tail column j predicts completion token j; the prefix ends with the context
+        lm, completion_ids, completion_mask = causal_lm(unwrapped), input_ids[:, prompt_len:], attention_mask[:, prompt_len:]
+        reader = reader_logps(lm, tail_hidden[0], completion_ids, completion_mask, request.horizon, 0)
+        nothink = None
+        if request.nothink:
+            x_t = completion_ids.gather(1, completion_mask.sum(1, keepdim=True) - request.horizon)
+            last_context = prefix_hidden[0][:, prompt_len - 1 - request.open_len]
+            nothink = head_logps(lm, last_context[rows], x_t[:, 0])[:, None]
+        extra = LikelihoodLogps(reader, nothink)
+    return out.log_probs[:, -logits_to_keep:], entropy, extra
 
 
 def policy_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, autocast,
-                 share: bool):
+                 share: bool, request: LikelihoodRequest | None = None):
     """Per-token log-probs (and entropies, or None) of the completions in chunks of `batch_size` rows: each chunk
-    with one forward per distinct prompt when `share` and a prompt repeats, else one plain forward."""
-    logps, entropies = [], []
+    with one forward per distinct prompt when `share` and a prompt repeats, else one plain forward. Third value: the
+    likelihood terms' log-probs (`LikelihoodLogps`) for a `request`, else None."""
+    logps, entropies, extras = [], [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
-        out = shared_prefix_logps(model, unwrapped, ids, mask, logits_to_keep, compute_entropy, autocast) if share else None
+        out = None
+        if share:
+            out = shared_prefix_logps(model, unwrapped, ids, mask, logits_to_keep, compute_entropy, autocast, request)
         if out is None:  # nothing shared in this chunk, or sharing does not apply
-            out = padded_logps(model, ids, mask, logits_to_keep, compute_entropy, autocast)
+            out = padded_logps(model, ids, mask, logits_to_keep, compute_entropy, autocast, unwrapped, request)
         logps.append(out[0])
         entropies.append(out[1])
-    return torch.cat(logps), torch.cat(entropies) if compute_entropy else None
+        extras.append(out[2])
+    extra = None
+    if request is not None:
+        nothink = [e.nothink for e in extras]
+        extra = LikelihoodLogps(torch.cat([e.reader for e in extras]), torch.cat(nothink) if request.nothink else None)
+    return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, extra

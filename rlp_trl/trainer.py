@@ -29,6 +29,7 @@ from ._trl_compat import check_trl_compat
 from .config import RLPConfig
 from .data import to_position_dataset
 from .loading import disable_attention_dropout, kv_cache_on, load_policy
+from .likelihood import LikelihoodRequest, likelihood_nll, nothink_logps
 from .generation import (
     hf_generation_config, prefix_shared_sample, shares_training_prefix, uses_prefix_sharing, vllm_stop_kwargs,
 )
@@ -316,17 +317,60 @@ class RLPTrainer(GRPOTrainer):
     ):
         """The policy's log-probs of completion tokens (TRL's loss pass, theta_old): one forward per distinct prompt
         when prefix sharing applies (`rlp_trl.shared_prefix`), else one plain forward per chunk; both with position
-        ids from the attention mask. MoE aux losses and multimodal inputs keep TRL's own pass."""
+        ids from the attention mask. MoE aux losses and multimodal inputs keep TRL's own pass. Inside
+        `compute_loss` with likelihood terms on, the same pass also returns their log-probs to it."""
         if compute_aux_loss or any(v is not None for v in extra.values()):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra
             )
-        logps, entropies = policy_logps(
+        request, self._likelihood_request = self._likelihood_request, None  # the loss pass's, once
+        logps, entropies, likelihood = policy_logps(
             model, self.accelerator.unwrap_model(model), input_ids, attention_mask, logits_to_keep,
             batch_size or input_ids.size(0), compute_entropy, self.accelerator.autocast,
-            share=shares_training_prefix(self, model),
+            share=shares_training_prefix(self, model), request=request,
         )
+        if request is not None:
+            self._likelihood_logps = likelihood
         return logps, entropies, None
+
+    # ------------------------------------------------------------------ the loss: eq. 8 and the likelihood terms
+    _likelihood_request: LikelihoodRequest | None = None  # set by compute_loss for its one loss pass
+    _likelihood_logps = None  # what that pass returned for it
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss (eq. 8 over the action's `tool_mask`), plus `reader_nll_coef` x the reader NLL and
+        `nothink_nll_coef` x the no-think NLL of the true token(s) when set (`rlp_trl.likelihood`; off: the paper),
+        scaled for gradient accumulation as TRL scales eq. 8, logged as `rlp/reader_nll` and `rlp/nothink_nll`."""
+        args = self.args
+        if not (args.reader_nll_coef or args.nothink_nll_coef):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        horizon = args.reward_horizon
+        # with H = 1 the no-think NLL comes with the pass: logged even when it is not trained
+        self._likelihood_request = LikelihoodRequest(horizon, len(self.think_open_ids), nothink=horizon == 1)
+        try:
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            likelihood = self._likelihood_logps
+        finally:
+            self._likelihood_request = self._likelihood_logps = None
+        nothink = likelihood.nothink
+        if args.nothink_nll_coef and nothink is None:  # H > 1: x_{t+1}.. need their own no-think prefixes
+            with self.accelerator.autocast():
+                nothink = nothink_logps(
+                    self.accelerator.unwrap_model(model), inputs["prompt_ids"], inputs["prompt_mask"],
+                    inputs["completion_ids"], inputs["completion_mask"], len(self.think_open_ids), horizon,
+                )
+        mode = "train" if self.model.training else "eval"
+        terms = [("rlp/reader_nll", likelihood.reader, args.reader_nll_coef),
+                 ("rlp/nothink_nll", nothink, args.nothink_nll_coef)]
+        extra = 0.0
+        for name, logps, coef in terms:
+            if logps is None:
+                continue
+            nll = likelihood_nll(logps, args.reward_discount).mean()
+            extra = extra + coef * nll
+            self._metrics[mode][name].append(self.accelerator.gather(nll.detach()[None]).mean().item())
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0  # as TRL scales eq. 8
+        return loss + extra / normalizer
 
     # ------------------------------------------------------------------ training and checkpoints (rlp_trl.resilience)
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
