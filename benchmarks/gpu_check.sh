@@ -103,7 +103,7 @@ fi
 
 # 1. the training tests, on CUDA in bf16 there (on CPU in fp32 here)
 run_step tests "${LIMITS[0]}" "$PY" -m pytest -q -p no:cacheprovider tests/test_compat.py \
-    -k "end_to_end or resume or installed_trl" -W ignore::UserWarning
+    tests/test_likelihood.py -k "end_to_end or resume or installed_trl or runs_and_logs" -W ignore::UserWarning
 
 # 2. RLP against plain GRPO, same model and shapes
 run_step step_cost "${LIMITS[1]}" "$PY" benchmarks/step_cost.py "${STEP_COST[@]}" --json "$OUT/step_cost.json"

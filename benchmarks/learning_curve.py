@@ -58,6 +58,18 @@ class CurveArguments:
     think_close_init: str = field(default=">", metadata={"help": "RLPConfig.think_close_init."})
     think_markers_as_text: bool = field(default=False, metadata={"help": "RLPConfig.think_markers_as_text."})
     think_close_in_loss: bool = field(default=True, metadata={"help": "RLPConfig.think_close_in_loss."})
+    reader_nll_coef: float = field(default=0.0, metadata={"help": "RLPConfig.reader_nll_coef (0: the paper)."})
+    nothink_nll_coef: float = field(default=0.0, metadata={"help": "RLPConfig.nothink_nll_coef (0: the paper)."})
+    eval_corpus: str = field(
+        default="heldout", metadata={"help": "'heldout': the held-out ~10% of the embedded corpus; 'champ': CHAMP "
+                                             "competition problems with their worked solutions (math text in another "
+                                             "style, never trained or tuned on)."}
+    )
+    threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default; 1 for two runs side by side)."})
+    combine: str = field(
+        default="", metadata={"help": "Comma-separated result JSONs of earlier runs: only write their table (stdout) and "
+                                      "one plot of all of them to --plot; nothing is trained."}
+    )
     eval_documents: int = field(default=96, metadata={"help": "Held-out documents (one position each)."})
     doc_nll_documents: int = field(default=64, metadata={"help": "Held-out documents for the document NLL."})
     eval_thoughts: int = field(default=4, metadata={"help": "K thoughts per held-out position."})
@@ -107,7 +119,8 @@ def train(args: CurveArguments, base: str, train_docs) -> tuple[list[tuple[int, 
         max_completion_length=args.max_thought_tokens, max_context_tokens=args.max_context_tokens,
         think_token_init=args.think_token_init, think_open_init=args.think_open_init,
         think_close_init=args.think_close_init, think_markers_as_text=args.think_markers_as_text,
-        think_close_in_loss=args.think_close_in_loss, logging_steps=1, save_strategy="no", report_to=[],
+        think_close_in_loss=args.think_close_in_loss, reader_nll_coef=args.reader_nll_coef,
+        nothink_nll_coef=args.nothink_nll_coef, logging_steps=1, save_strategy="no", report_to=[],
         bf16=False, gradient_checkpointing=False, seed=args.seed, use_cpu=True,
     )
     trainer = RLPTrainer(base, args=config, train_dataset=train_docs)
@@ -170,7 +183,7 @@ def summarize(args, snapshots, log, seconds, report) -> dict:
                             "rlp": ci(models[last_label]["summary"]["doc_nll"])},
         "train_log": [
             {k: r[k] for k in ("step", "rlp/info_gain_mean", "rlp/thought_truncated_frac", "rlp/thought_closed_frac",
-                               "rlp/thought_length_mean") if k in r}
+                               "rlp/thought_length_mean", "rlp/reader_nll", "rlp/nothink_nll") if k in r}
             for r in log
         ],
     }
@@ -223,6 +236,89 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def label(result: dict) -> str:
+    """A run's name from its likelihood-term settings."""
+    s = result["settings"]
+    reader, nothink = s.get("reader_nll_coef", 0.0), s.get("nothink_nll_coef", 0.0)
+    if not reader and not nothink:
+        return "paper-exact"
+    return " + ".join([f"reader {reader:g}"] * bool(reader) + [f"no-think {nothink:g}"] * bool(nothink))
+
+
+def smooth(values, k):
+    return [sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
+
+
+def table(results: list[dict]) -> str:
+    """The markdown table of docs/learning_curve.md: one row per run, held-out numbers paired against the base."""
+    ci = lambda d: f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"  # noqa: E731
+    ci3 = lambda d: f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"  # noqa: E731
+    rows = ["| run | training gain, first -> last 10% | held-out gain (base) | held-out gain, paired vs base | thinking "
+            "helps (base -> run) | closed / at the limit / mean length (held out) | no-think NLL at the positions, "
+            "paired | whole-document NLL, paired |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        cps = sorted(r["checkpoints"].values(), key=lambda c: c["step"])
+        base, last = cps[0], cps[-1]
+        rows.append(
+            f"| {label(r)} | {r['train_info_gain_first']['mean']:+.2f} -> {r['train_info_gain_last']['mean']:+.2f} | "
+            f"{last['info_gain']['mean']:+.2f} ({base['info_gain']['mean']:+.2f}) | **{ci(r['paired_diff_vs_base'])}** | "
+            f"{base['thinking_helps_frac']['mean']:.0%} -> {last['thinking_helps_frac']['mean']:.0%} | "
+            f"{last['thought_closed_frac']:.0%} / {last['thought_truncated_frac']:.0%} / {last['thought_length_mean']:.1f} | "
+            f"{ci3(r['paired_nll_nothink_diff_vs_base'])} | {ci3(r['paired_doc_nll_diff_vs_base'])} |"
+        )
+    return "\n".join(rows)
+
+
+def plot_runs(results: list[dict], path: str) -> None:
+    """One figure for several runs: training information gain (smoothed), thoughts at the limit, held-out gain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for i, r in enumerate(results):
+        log, color = r["train_log"], f"C{i}"
+        steps, k = [x["step"] for x in log], max(1, len(log) // 10)
+        axes[0].plot(steps, smooth([x["rlp/info_gain_mean"] for x in log], k), color=color, label=label(r))
+        axes[1].plot(steps, smooth([x["rlp/thought_truncated_frac"] for x in log], k), color=color, label=label(r))
+        cps = sorted(r["checkpoints"].values(), key=lambda c: c["step"])
+        means = [c["info_gain"]["mean"] for c in cps]
+        err = [[m - c["info_gain"]["ci_low"] for m, c in zip(means, cps)],
+               [c["info_gain"]["ci_high"] - m for m, c in zip(means, cps)]]
+        axes[2].errorbar([c["step"] + 0.8 * i for c in cps], means, yerr=err, marker="o", capsize=3, color=color,
+                         label=label(r))
+    axes[0].set(xlabel="optimizer step", ylabel="nats", title="training information gain vs EMA teacher (smoothed)")
+    axes[1].set(xlabel="optimizer step", ylabel="fraction", title="training thoughts that ran to the length limit")
+    axes[2].axhline(0.0, color="grey", lw=0.8, ls=":")
+    axes[2].set(xlabel="optimizer step (0 = base model)", ylabel="nats",
+                title="held-out information gain (95% CI)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def champ_documents(path: str) -> str:
+    """The 270 CHAMP competition problems as documents (problem, worked solution, answer) in a .jsonl at `path`:
+    math text in another style than the training corpus, never trained or tuned on."""
+    import ast
+
+    from rlp_trl.tools.bench import champ_path
+
+    with open(champ_path(), encoding="utf-8") as f:
+        problems = json.load(f)["problems"].values()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for p in problems:
+            solution = p["solution"] if isinstance(p["solution"], dict) else ast.literal_eval(p["solution"])
+            steps = " ".join(step["_text"] for step in solution["steps"])
+            text = f"Problem: {p['_text']}\nSolution: {steps}\nAnswer: {p['_answer']}"
+            f.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
 def eval_arguments(args: CurveArguments, output_dir: str, **overrides) -> EvalArguments:
     """`rlp-eval` settings matching the training run: thought length, context, markers, seed."""
     fields = dict(
@@ -231,6 +327,7 @@ def eval_arguments(args: CurveArguments, output_dir: str, **overrides) -> EvalAr
         think_token_init=args.think_token_init, think_open_init=args.think_open_init,
         think_close_init=args.think_close_init, think_markers_as_text=args.think_markers_as_text, seed=args.seed,
         output_dir=output_dir,
+        dataset_name=champ_documents(os.path.join(output_dir, "champ.jsonl")) if args.eval_corpus == "champ" else None,
     )
     return EvalArguments(**{**fields, **overrides})
 
@@ -239,6 +336,21 @@ def main(argv=None) -> dict:
     from trl import TrlParser
 
     (args,) = TrlParser((CurveArguments,)).parse_args_and_config(args=argv)
+    if args.combine:
+        results = []
+        for path in args.combine.split(","):
+            with open(path) as f:
+                results.append(json.load(f))
+        print(table(results))
+        if args.plot:
+            plot_runs(results, args.plot)
+        return {"runs": results}
+    if args.eval_corpus not in ("heldout", "champ"):
+        raise SystemExit(f"--eval_corpus must be 'heldout' or 'champ', got {args.eval_corpus!r}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     base = default_model_path()
     train_docs, _ = heldout_split(load_documents(default_corpus_path()))
     snapshots, log, seconds = train(args, base, train_docs)
