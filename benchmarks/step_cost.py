@@ -60,7 +60,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import rlp_trl.trainer as rlp_trainer_module
 from rlp_trl import RLPConfig, RLPTrainer
-from rlp_trl.generation import prefix_shared_sample
+from rlp_trl.generation import loss_pass_sharing, prefix_shared_sample
 from rlp_trl.shared_prefix import policy_logps
 from rlp_trl.markers import prepare_think_markers
 
@@ -124,9 +124,11 @@ class TimedSharedGRPO(TimedGRPO):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **extra):
+        unwrapped = self.accelerator.unwrap_model(model)
+        wrapped = self.is_deepspeed_enabled or self.is_fsdp_enabled or self.args.gradient_checkpointing
         logps, entropies, _ = policy_logps(
-            model, self.accelerator.unwrap_model(model), input_ids, attention_mask, logits_to_keep,
-            batch_size or input_ids.size(0), compute_entropy, self.accelerator.autocast, share=True,
+            model, unwrapped, input_ids, attention_mask, logits_to_keep, batch_size or input_ids.size(0),
+            compute_entropy, self.accelerator.autocast, share=loss_pass_sharing(unwrapped, wrapped),
         )
         return logps, entropies, None
 
@@ -473,6 +475,18 @@ def machine() -> dict:
     }
 
 
+def deepspeed_config(stage: int) -> dict:
+    """A DeepSpeed config for one process, every variant alike (the 'auto' values come from the training arguments)."""
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"}.items():
+        os.environ.setdefault(key, value)
+    return {
+        "zero_optimization": {"stage": stage}, "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto", "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+        "steps_per_print": 1000000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -493,6 +507,10 @@ def main() -> None:
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="for every variant (TRL's default; off on CPU)"
     )
+    parser.add_argument(
+        "--deepspeed", choices=("zero2", "zero3"), default=None,
+        help="wrap every variant in DeepSpeed ZeRO-2 or ZeRO-3 (one process; on CPU too)",
+    )
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--sweep-model", default="smollm2")
     parser.add_argument("--sweep-base", default="G=4,context=128,thought=32")
@@ -503,6 +521,8 @@ def main() -> None:
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     train_args = {"optim": args.optim, "gradient_checkpointing": args.gradient_checkpointing}
+    if args.deepspeed:
+        train_args["deepspeed"] = deepspeed_config(int(args.deepspeed[-1]))
 
     shape = {"G": args.G, "context": args.context, "thought": args.thought, "contexts_per_step": args.contexts_per_step}
     models = [m for m in args.models.split(",") if m and m != "none"]

@@ -22,6 +22,7 @@ import torch
 from transformers import GenerationConfig
 
 from .scoring import mask_positions, pad_rows
+from .shared_prefix import packable
 
 
 @dataclass
@@ -163,16 +164,24 @@ def uses_prefix_sharing(trainer) -> bool:
     )
 
 
-def shares_training_prefix(trainer, model) -> bool:
-    """Whether the policy's log-prob passes run each distinct prompt once (`rlp_trl.shared_prefix`): on, for the
-    policy itself, and not under DeepSpeed / FSDP (their wrappers gather per forward) or gradient checkpointing
-    (recomputation would re-extend the cache)."""
+def loss_pass_sharing(unwrapped, wrapped: bool) -> str | None:
+    """How a log-prob pass runs each distinct prompt once (`rlp_trl.shared_prefix`): `"cache"` (the prompt's KV cache
+    extended by its rows) for a plain model; under DeepSpeed, FSDP or gradient checkpointing (`wrapped`: their
+    wrappers gather per forward, or recompute it, and cannot re-extend a cache) `"packed"` (prompt and rows in one
+    masked sequence), or None where the attention cannot take the packed mask (`shared_prefix.packable`)."""
+    if not wrapped:
+        return "cache"
+    return "packed" if packable(unwrapped) else None
+
+
+def training_prefix_sharing(trainer, model) -> str | None:
+    """`loss_pass_sharing` for one of the trainer's log-prob passes: None when `prefix_sharing` is off or `model` is
+    not the policy (a separate reference model keeps TRL's pass)."""
+    if not trainer.args.prefix_sharing or model not in (trainer.model, trainer.model_wrapped):
+        return None
     unwrapped = trainer.accelerator.unwrap_model(model)
-    return (
-        trainer.args.prefix_sharing and model in (trainer.model, trainer.model_wrapped)
-        and not trainer.is_deepspeed_enabled and not trainer.is_fsdp_enabled
-        and not getattr(unwrapped, "is_gradient_checkpointing", False)
-    )
+    checkpointing = trainer.args.gradient_checkpointing or getattr(unwrapped, "is_gradient_checkpointing", False)
+    return loss_pass_sharing(unwrapped, trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled or checkpointing)
 
 
 def vllm_stop_kwargs(generation_kwargs: dict | None, close_id: int | None, min_thought_tokens: int) -> dict:

@@ -24,7 +24,7 @@ def _hidden_states(unwrapped, request):
     return last_hidden_states(causal_lm(unwrapped)) if request is not None else contextlib.nullcontext([])
 
 
-def padded_logps(model, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast, unwrapped=None,
+def padded_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast,
                  request: LikelihoodRequest | None = None):
     """Log-probs (and entropies) of the last `logits_to_keep` tokens of each row with one full forward: TRL's
     text-only `_get_per_token_logps_and_entropies` chunk, plus position ids from the attention mask; with a
@@ -101,19 +101,99 @@ def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_k
     return out.log_probs[:, -logits_to_keep:], entropy, extra
 
 
+def packable(unwrapped) -> bool:
+    """Whether the packed pass applies: attention that takes an explicit 4D mask (`sdpa`, `eager`) in every layer, no
+    sliding-window or non-attention layers (their own masks or states would ignore or break the packed layout)."""
+    config = causal_lm(unwrapped).config.get_text_config()
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    windowed = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+    return config._attn_implementation in ("sdpa", "eager") and layer_types == {"full_attention"} and not windowed
+
+
+def packed_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast,
+                 request: LikelihoodRequest | None = None):
+    """Log-probs (and entropies; the likelihood terms' log-probs for a `request`) of the last `logits_to_keep` tokens
+    of each row with one ordinary forward per distinct prompt, or None when no prompt repeats.
+
+    Each distinct prompt's first P-1 tokens are followed in one sequence by its rows' segments (last prompt token +
+    completion, width C + 1); a 4D mask lets a segment see the prompt and its own past only, and each token keeps the
+    position it was sampled at. No KV cache is re-used, so gradient checkpointing, DeepSpeed ZeRO and FSDP run it as
+    any forward (ZeRO-3 gathers the weights once). Log-probs, entropies and gradients equal the per-row pass up to
+    float rounding; the prompt is computed once instead of G times.
+    """
+    prompt_len, width = input_ids.size(1) - logits_to_keep, logits_to_keep + 1
+    if prompt_len < 2:
+        return None
+    head = torch.cat([input_ids[:, : prompt_len - 1], attention_mask[:, : prompt_len - 1]], 1)
+    unique, rows = torch.unique(head, dim=0, return_inverse=True)
+    if unique.size(0) == input_ids.size(0):
+        return None
+    device, n = input_ids.device, input_ids.size(0)
+    # slot s of row r: r is the s-th row (in order) with its prompt; its segment starts at P - 1 + s * width
+    same = rows[:, None] == rows[None, :]
+    slot = (same & (torch.arange(n, device=device)[None, :] < torch.arange(n, device=device)[:, None])).sum(1)
+    length = prompt_len - 1 + (slot.max().item() + 1) * width
+    cols = (prompt_len - 1 + slot * width)[:, None] + torch.arange(width, device=device)
+    prefix_mask = unique[:, prompt_len - 1 :]
+    ids = input_ids.new_zeros(unique.size(0), length)
+    ids[:, : prompt_len - 1] = unique[:, : prompt_len - 1]
+    ids[rows[:, None], cols] = input_ids[:, prompt_len - 1 :]
+    positions = torch.zeros_like(ids)
+    positions[:, : prompt_len - 1] = mask_positions(prefix_mask)
+    positions[rows[:, None], cols] = mask_positions(attention_mask)[:, prompt_len - 1 :]
+    # segment of each column (-1: the shared prompt, -2: unused), and which keys are real tokens
+    segment = torch.full_like(ids, -2)
+    segment[:, : prompt_len - 1] = -1
+    segment[rows[:, None], cols] = slot[:, None].expand(-1, width)
+    real = torch.zeros_like(ids, dtype=torch.bool)
+    real[:, : prompt_len - 1] = prefix_mask.bool()
+    real[rows[:, None], cols] = attention_mask[:, prompt_len - 1 :].bool()
+    index = torch.arange(length, device=device)
+    causal = index[None, :, None] >= index[None, None, :]
+    seg_q, seg_k = segment[:, :, None], segment[:, None, :]
+    visible = real[:, None, :] & causal & ((seg_k == -1) & (seg_q != -2) | (seg_q == seg_k) & (seg_q >= 0))
+    visible = (visible | torch.eye(length, dtype=torch.bool, device=device))[:, None]  # no query without a key
+    if causal_lm(unwrapped).config._attn_implementation == "eager":  # eager adds the mask to the scores
+        visible = torch.zeros(visible.shape, device=device).masked_fill(~visible, torch.finfo(torch.float32).min)
+    labels = torch.full_like(ids, -100)  # column j + 1 of a segment holds completion token j: column j predicts it
+    completion_labels = input_ids[:, prompt_len:].masked_fill(attention_mask[:, prompt_len:] == 0, -100)
+    labels[rows[:, None], cols[:, :-1]] = completion_labels
+    with autocast(), _hidden_states(unwrapped, request) as hidden:
+        out = model(input_ids=ids, attention_mask=visible, position_ids=positions, shift_labels=labels,
+                    fused_lm_head=True)
+    logps = out.log_probs[rows[:, None], cols[:, :-1]]
+    entropy = out.entropy[rows[:, None], cols[:, :-1]] if compute_entropy else None
+    extra = None
+    if request is not None:
+        lm, completion_ids, completion_mask = causal_lm(unwrapped), input_ids[:, prompt_len:], attention_mask[:, prompt_len:]
+        row_hidden = hidden[0][rows[:, None], cols]  # [N, C + 1, d]: column j predicts completion token j
+        reader = reader_logps(lm, row_hidden, completion_ids, completion_mask, request.horizon, 0)
+        nothink = None
+        if request.nothink:
+            x_t = completion_ids.gather(1, completion_mask.sum(1, keepdim=True) - request.horizon)
+            last_context = hidden[0][rows, prompt_len - 1 - request.open_len]
+            nothink = head_logps(lm, last_context, x_t[:, 0])[:, None]
+        extra = LikelihoodLogps(reader, nothink)
+    return logps, entropy, extra
+
+
 def policy_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, autocast,
-                 share: bool, request: LikelihoodRequest | None = None):
+                 share: str | None, request: LikelihoodRequest | None = None):
     """Per-token log-probs (and entropies, or None) of the completions in chunks of `batch_size` rows: each chunk
-    with one forward per distinct prompt when `share` and a prompt repeats, else one plain forward. Third value: the
-    likelihood terms' log-probs (`LikelihoodLogps`) for a `request`, else None."""
+    with one forward per distinct prompt when a prompt repeats and `share` names how (`"cache"`: the prompt's KV
+    cache extended by the rows, `shared_prefix_logps`; `"packed"`: prompt and rows in one masked sequence,
+    `packed_logps`), else one plain forward. Third value: the likelihood terms' log-probs (`LikelihoodLogps`) for a
+    `request`, else None."""
     logps, entropies, extras = [], [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
         out = None
-        if share:
+        if share == "cache":
             out = shared_prefix_logps(model, unwrapped, ids, mask, logits_to_keep, compute_entropy, autocast, request)
+        elif share == "packed":
+            out = packed_logps(model, unwrapped, ids, mask, logits_to_keep, compute_entropy, autocast, request)
         if out is None:  # nothing shared in this chunk, or sharing does not apply
-            out = padded_logps(model, ids, mask, logits_to_keep, compute_entropy, autocast, unwrapped, request)
+            out = padded_logps(model, unwrapped, ids, mask, logits_to_keep, compute_entropy, autocast, request)
         logps.append(out[0])
         entropies.append(out[1])
         extras.append(out[2])

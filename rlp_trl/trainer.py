@@ -31,7 +31,7 @@ from .data import to_position_dataset
 from .loading import disable_attention_dropout, kv_cache_on, load_policy
 from .likelihood import LikelihoodRequest, likelihood_nll, nothink_logps
 from .generation import (
-    hf_generation_config, prefix_shared_sample, shares_training_prefix, uses_prefix_sharing, vllm_stop_kwargs,
+    hf_generation_config, prefix_shared_sample, training_prefix_sharing, uses_prefix_sharing, vllm_stop_kwargs,
 )
 from .markers import markers_missing, think_markers
 from .metrics import log_generation, log_step
@@ -327,7 +327,7 @@ class RLPTrainer(GRPOTrainer):
         logps, entropies, likelihood = policy_logps(
             model, self.accelerator.unwrap_model(model), input_ids, attention_mask, logits_to_keep,
             batch_size or input_ids.size(0), compute_entropy, self.accelerator.autocast,
-            share=shares_training_prefix(self, model), request=request,
+            share=training_prefix_sharing(self, model), request=request,
         )
         if request is not None:
             self._likelihood_logps = likelihood

@@ -1,0 +1,117 @@
+"""The packed shared-prefix pass (`rlp_trl.shared_prefix.packed_logps`) equals TRL's per-row pass.
+
+Each distinct prompt runs once, followed in the same sequence by its rows' completions under a 4D mask; the
+log-probs, entropies and parameter gradients must equal the plain per-row pass (`padded_logps`, TRL's pass with
+position ids from the mask) to float tolerance: on the tiny Llama (rotary) and the tiny GPT-2 (absolute positions),
+with left-padded prompts of different lengths, groups split unevenly (as TRL's shuffled micro-batches split them),
+`sdpa` and `eager` attention, gradient checkpointing on and off, with LoRA, and with the likelihood terms' log-probs.
+The trainer picks it where the KV-cache pass cannot run (gradient checkpointing here; DeepSpeed and FSDP alike).
+"""
+
+import contextlib
+
+import pytest
+import torch
+from conftest import tiny_config
+from tiny_model import build_tiny_gpt2
+
+from rlp_trl import RLPTrainer
+from rlp_trl.generation import training_prefix_sharing
+from rlp_trl.likelihood import LikelihoodRequest
+from rlp_trl.scoring import pad_rows
+from rlp_trl.shared_prefix import packable, packed_logps, padded_logps
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return build_tiny_gpt2(str(tmp_path_factory.mktemp("gpt2_packed")))
+
+
+def _batch(pad_id, vocab=200, horizon=1):
+    """Three prompts (two lengths, left padding) with 4, 3 and 2 rows (uneven groups, interleaved), and completions
+    of different lengths (right padding), as TRL lays them out."""
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, vocab, (n,), generator=g).tolist() for n in (6, 11, 11)]
+    order = [0, 1, 0, 2, 1, 0, 2, 1, 0]
+    completions = [torch.randint(5, vocab, (3 + (i * 5) % 6,), generator=g).tolist() for i in range(len(order))]
+    p_ids, p_mask = pad_rows([prompts[k] for k in order], pad_id, "cpu", "left")
+    c_ids, c_mask = pad_rows(completions, pad_id, "cpu", "right")
+    return torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_ids.size(1)
+
+
+def _run(pass_fn, model, ids, mask, width, request):
+    model.zero_grad(set_to_none=True)
+    logps, entropy, extra = pass_fn(model, model, ids, mask, width, True, contextlib.nullcontext, request=request)
+    loss = (logps * mask[:, -width:]).sum() + (entropy * mask[:, -width:]).sum() * 0.1
+    if extra is not None:
+        loss = loss + extra.reader.sum() + extra.nothink.sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logps.detach(), entropy.detach(), extra, grads
+
+
+def _load(path, attn, checkpointing, lora):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn)
+    add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+@pytest.mark.parametrize(
+    "arch,attn,checkpointing,lora",
+    [("llama", "sdpa", False, False), ("llama", "eager", True, False), ("llama", "sdpa", True, True),
+     ("gpt2", "sdpa", False, False), ("gpt2", "eager", True, False)],
+    ids=["llama-sdpa", "llama-eager-gc", "llama-lora-gc", "gpt2-sdpa", "gpt2-eager-gc"],
+)
+def test_packed_pass_equals_the_per_row_pass(tiny_model_dir, gpt2_dir, arch, attn, checkpointing, lora):
+    model = _load(tiny_model_dir if arch == "llama" else gpt2_dir, attn, checkpointing, lora)
+    ids, mask, width = _batch(pad_id=0)
+    request = LikelihoodRequest(horizon=2, open_len=1, nothink=True)
+    fast, fast_ent, fast_extra, fast_grads = _run(packed_logps, model, ids, mask, width, request)
+    slow, slow_ent, slow_extra, slow_grads = _run(padded_logps, model, ids, mask, width, request)
+    real = mask[:, -width:].bool()
+    torch.testing.assert_close(fast[real], slow[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_ent[real], slow_ent[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_extra.reader, slow_extra.reader, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_extra.nothink, slow_extra.nothink, rtol=0, atol=1e-5)
+    assert slow_grads and fast_grads.keys() == slow_grads.keys()
+    for name in slow_grads:
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-5)
+
+
+def test_packed_pass_declines_without_a_repeated_prompt(tiny_model_dir):
+    model = _load(tiny_model_dir, "sdpa", False, False)
+    ids, mask, width = _batch(pad_id=0)
+    first = torch.tensor([0, 1, 3])  # one row of each prompt
+    assert packed_logps(model, model, ids[first], mask[first], width, False, contextlib.nullcontext) is None
+
+
+def test_sliding_window_and_flash_attention_keep_the_per_row_pass(tiny_model_dir):
+    model = _load(tiny_model_dir, "sdpa", False, False)
+    assert packable(model)
+    model.config.sliding_window = 16
+    assert not packable(model)
+    model.config.sliding_window = None
+    model.config._attn_implementation = "flash_attention_2"
+    assert not packable(model)
+
+
+def test_trainer_packs_under_gradient_checkpointing_and_trains(tiny_model_dir, tmp_path, tiny_docs):
+    """With gradient checkpointing the KV-cache pass cannot run; the trainer packs instead, and its loss pass
+    equals the plain one."""
+    args = tiny_config(tmp_path, gradient_checkpointing=True, max_steps=1, reader_nll_coef=1.0, nothink_nll_coef=1.0)
+    trainer = RLPTrainer(tiny_model_dir, args=args, train_dataset=tiny_docs)
+    assert training_prefix_sharing(trainer, trainer.model) == "packed"
+    trainer.train()
+    assert trainer.state.global_step == 1
+    args.prefix_sharing = False
+    assert training_prefix_sharing(trainer, trainer.model) is None
