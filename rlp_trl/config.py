@@ -50,6 +50,8 @@ def _check_before_grpo(cfg) -> None:
         ("reward_discount", _is_number(cfg.reward_discount) and 0 < cfg.reward_discount <= 1, "in (0, 1]"),
         ("reader_nll_coef", _is_number(cfg.reader_nll_coef) and cfg.reader_nll_coef >= 0, "a finite number >= 0"),
         ("nothink_nll_coef", _is_number(cfg.nothink_nll_coef) and cfg.nothink_nll_coef >= 0, "a finite number >= 0"),
+        ("think_marker_lr_multiplier", _is_number(cfg.think_marker_lr_multiplier) and cfg.think_marker_lr_multiplier > 0,
+         "a finite number > 0"),
     ]
     for name in ("max_context_tokens", "min_context_tokens", "positions_per_document", "reward_horizon", "min_thought_tokens"):
         checks.append((name, _is_int(getattr(cfg, name)), "an integer"))
@@ -187,6 +189,11 @@ class RLPConfig(GRPOConfig):
             at temperature 1, averaged like the reader term, so both ways of predicting x_t get likelihood training
             and a positive held-out gain means the thought helps. Read from the loss pass for `reward_horizon=1`; one
             extra forward per distinct context for `reward_horizon > 1`.
+        think_marker_lr_multiplier (`float`, *optional*, defaults to `1.0`):
+            The optimizer's update of the single-token markers' embedding rows is scaled by this factor (with Adam:
+            their learning rate times it), as Quiet-STaR trains its thought markers at 100x (`rlp_trl.marker_lr`).
+            Tied embeddings are scaled once; under LoRA only trainable embeddings (`modules_to_save`). Not with text
+            markers, ZeRO-3 or FSDP.
 
         > RLP: robustness (docs/reliability.md)
 
@@ -292,6 +299,9 @@ class RLPConfig(GRPOConfig):
     )
     nothink_nll_coef: float = field(
         default=0.0, metadata={"help": "Weight of the no-thought NLL of x_t (ordinary next-token loss; paper: 0)."}
+    )
+    think_marker_lr_multiplier: float = field(
+        default=1.0, metadata={"help": "Scale of the marker embedding rows' updates (Quiet-STaR: 100; paper: 1)."}
     )
 
     # Robustness

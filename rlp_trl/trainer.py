@@ -33,6 +33,7 @@ from .likelihood import LikelihoodRequest, likelihood_nll, nothink_logps
 from .generation import (
     hf_generation_config, prefix_shared_sample, training_prefix_sharing, uses_prefix_sharing, vllm_stop_kwargs,
 )
+from .marker_lr import marker_lr_callback
 from .markers import markers_missing, think_markers
 from .metrics import log_generation, log_step
 from .resilience import (
@@ -158,6 +159,14 @@ class RLPTrainer(GRPOTrainer):
         # the optimizer and the DeepSpeed engine exist, so a PEFT teacher adapter is frozen and partitioned with the
         # model. Incompatible options (e.g. teacher_device="cpu" with PEFT, FSDP) fail here, naming the fix.
         self.teacher = build_teacher(self.model, args, self.accelerator)
+        # marker rows at think_marker_lr_multiplier x the learning rate (rlp_trl.marker_lr), scaled before the EMA update
+        marker_lr = marker_lr_callback(
+            self.accelerator.unwrap_model(self.model), [*self.think_open_ids, self.think_close_id],
+            args.think_marker_lr_multiplier, text_markers=text_markers, partitioned=self.is_fsdp_enabled or (
+                self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3),
+        )
+        if marker_lr is not None:
+            self.add_callback(marker_lr)
         # phi <- tau phi + (1 - tau) theta after every optimizer step, once the policy's weights are checked finite
         self.add_callback(EMAUpdateCallback(
             self.teacher, lambda: self.accelerator.unwrap_model(self.model),

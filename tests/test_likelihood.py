@@ -146,3 +146,55 @@ def test_negative_coefficients_are_refused_with_one_line(tmp_path, name):
 
     with pytest.raises(UsageError, match=f"{name} must be a finite number >= 0"):
         tiny_config(tmp_path, **{name: -0.1})
+
+
+# ------------------------------------------------------------------ think_marker_lr_multiplier (rlp_trl/marker_lr.py)
+def _one_step_embeddings(tmp_path, tiny_model_dir, tiny_docs, multiplier):
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=1, think_marker_lr_multiplier=multiplier),
+                         train_dataset=tiny_docs)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    start = model.get_input_embeddings().weight.detach().clone()
+    trainer.train()
+    rows = [*trainer.think_open_ids, trainer.think_close_id]
+    return start, model.get_input_embeddings().weight.detach().clone(), rows, model
+
+
+def test_marker_rows_move_multiplier_times_as_far(tiny_model_dir, tmp_path, tiny_docs):
+    start, plain, rows, _ = _one_step_embeddings(tmp_path / "a", tiny_model_dir, tiny_docs, 1.0)
+    start_fast, fast, rows_fast, model = _one_step_embeddings(tmp_path / "b", tiny_model_dir, tiny_docs, 10.0)
+    assert rows == rows_fast and torch.equal(start, start_fast)
+    step, fast_step = plain - start, fast - start
+    assert step[rows].abs().sum() > 0
+    torch.testing.assert_close(fast_step[rows], 10.0 * step[rows], rtol=1e-4, atol=1e-7)
+    others = torch.ones(step.size(0), dtype=torch.bool)
+    others[rows] = False
+    torch.testing.assert_close(fast_step[others], step[others], rtol=0, atol=0)
+    if model.config.tie_word_embeddings:  # one tensor: the output rows are the same rows, scaled once
+        assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def test_marker_multiplier_with_text_markers_is_refused_with_one_line(tiny_model_dir, tmp_path, tiny_docs):
+    from rlp_trl.usage import UsageError
+
+    with pytest.raises(UsageError, match="needs single-token markers"):
+        RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, think_marker_lr_multiplier=100.0, **TEXT_MARKERS),
+                   train_dataset=tiny_docs)
+
+
+def test_marker_multiplier_under_lora_scales_only_trainable_rows(tiny_model_dir, tmp_path, tiny_docs):
+    from peft import LoraConfig
+
+    from rlp_trl.marker_lr import MarkerLRCallback
+
+    def callback(trainer):
+        return next(c for c in trainer.callback_handler.callbacks if isinstance(c, MarkerLRCallback))
+
+    frozen = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path / "a", think_marker_lr_multiplier=100.0),
+                        train_dataset=tiny_docs, peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    assert callback(frozen).params == []  # embeddings frozen: nothing to scale (a warning says how to train them)
+    saved = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path / "b", think_marker_lr_multiplier=100.0),
+                       train_dataset=tiny_docs,
+                       peft_config=LoraConfig(r=4, target_modules="all-linear", modules_to_save=["embed_tokens"]))
+    params = callback(saved).params
+    assert len(params) == 1 and params[0].requires_grad
+    saved.train()
