@@ -9,10 +9,12 @@
 # fallback pyarrow/fsspec/peft only where the image's own does not fit) into a private --target folder on PYTHONPATH,
 # leaving the image's torch 2.11 / transformers 5.17 / accelerate 1.15 in place, then, in under 8 minutes:
 #   1. tests: the training tests of tests/test_compat.py on CUDA in bf16 (RLP_TEST_CUDA=1; tests/conftest.py)
-#   2. speed: benchmarks/step_cost.py --models random:2048x24 (a random ~1.2B Llama), RLP against plain GRPO
+#   2. speed: benchmarks/step_cost.py --models random:2048x24 (a random ~1.2B Llama), RLP against plain GRPO, without
+#      and with gradient checkpointing (the packed shared-prefix loss pass)
 #   3. scale: 2 RLP steps of the same model under DeepSpeed ZeRO-2 on the one GPU (accelerate, peak memory sampled)
 # Results go to $OUT when set (else outputs/gpu_check/): gpu_check.log, summary.json, versions.json, step_cost.json,
-# zero2.json (backend, step times, peak memory), zero2_memory.csv (nvidia-smi samples). Exit 0 only if all passed.
+# step_cost_gc.json, zero2.json (backend, step times, peak memory), zero2_memory.csv (nvidia-smi samples). Exit 0 only
+# if all passed.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -86,7 +88,7 @@ if [ "$MODE" = gpu ]; then
     LAUNCH=(--config_file examples/accelerate_configs/deepspeed_zero2.yaml --num_processes 1)
     TRAIN=(--bf16 true --per_device_train_batch_size 16 --num_generations 8 --max_completion_length 64
            --max_context_tokens 512 --min_context_tokens 64)
-    LIMITS=(110 210 150)
+    LIMITS=(100 150 130)
 else
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     export RLP_TRL_CACHE=${RLP_TRL_CACHE:-$HOME/.cache/rlp_trl}  # the converted SmolLM2 (make assets)
@@ -105,8 +107,10 @@ fi
 run_step tests "${LIMITS[0]}" "$PY" -m pytest -q -p no:cacheprovider tests/test_compat.py \
     tests/test_likelihood.py -k "end_to_end or resume or installed_trl or runs_and_logs" -W ignore::UserWarning
 
-# 2. RLP against plain GRPO, same model and shapes
+# 2. RLP against plain GRPO, same model and shapes; again with gradient checkpointing (the packed shared-prefix pass)
 run_step step_cost "${LIMITS[1]}" "$PY" benchmarks/step_cost.py "${STEP_COST[@]}" --json "$OUT/step_cost.json"
+run_step step_cost_gc "${LIMITS[1]}" "$PY" benchmarks/step_cost.py "${STEP_COST[@]}" --gradient-checkpointing \
+    --json "$OUT/step_cost_gc.json"
 
 # 3. two steps under DeepSpeed ZeRO-2 (one process); GPU memory sampled every 0.5 s
 run_step zero2_model 120 "$PY" benchmarks/gpu_check.py make-model "$MODEL_SPEC" "$WORK/model"
@@ -128,7 +132,7 @@ ALL_OK=1
 {
     echo "{\"mode\": \"$MODE\", \"model\": \"$MODEL_SPEC\", \"total_s\": $(( $(date +%s) - T0 )), \"steps\": {"
     first=1
-    for name in install verify plan tests step_cost zero2_model zero2; do
+    for name in install verify plan tests step_cost step_cost_gc zero2_model zero2; do
         [ -n "${STATUS[$name]:-}" ] || continue
         [ "${STATUS[$name]}" = passed ] || ALL_OK=0
         [ $first = 1 ] || echo ","
