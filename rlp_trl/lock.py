@@ -81,6 +81,13 @@ def _why_stale(path: str, holder: dict, stale_after: float) -> str | None:
     return None
 
 
+def _unwritable(output_dir: str, err: OSError):
+    from .usage import UsageError
+
+    return UsageError(f"output_dir {output_dir}: cannot write there ({err.strerror or err}); pass an --output_dir "
+                      f"this user can create files in")
+
+
 class OutputDirLock:
     """`acquire()` / `release()` the lock of `output_dir` (re-entrant within one object)."""
 
@@ -104,7 +111,10 @@ class OutputDirLock:
     def acquire(self) -> "OutputDirLock":
         if self.held:
             return self
-        os.makedirs(self.output_dir, exist_ok=True)
+        try:
+            os.makedirs(self.output_dir, exist_ok=True)
+        except OSError as err:
+            raise _unwritable(self.output_dir, err) from err
         for _ in range(5):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -127,6 +137,8 @@ class OutputDirLock:
                 except FileNotFoundError:
                     pass
                 continue
+            except OSError as err:  # read-only file system, no permission: the user's folder, not a bug
+                raise _unwritable(self.output_dir, err) from err
             with os.fdopen(fd, "w") as f:
                 json.dump(self._record(), f)
             self.held = True

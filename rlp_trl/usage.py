@@ -79,6 +79,45 @@ def check_model(value: str | None, flag: str = "--model_name_or_path", hub: bool
             )
 
 
+def check_output_dir(value: str, flag: str = "--output_dir") -> None:
+    """A folder that cannot be created or written to (read-only file system, no permission, a file in the way) as a
+    one-line UsageError, before anything is loaded; found otherwise only when the run takes its lock or saves."""
+    import tempfile
+
+    path = os.path.expanduser(value)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rlp-write-check-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(f"{flag} {value}: cannot write there ({error.strerror or one_line(error)}); pass a folder "
+                         f"this user can create files in") from error
+
+
+def check_hub_push(token: str | None = None) -> None:
+    """`--push_to_hub`: the upload happens after training, and the Hub repo is created when the trainer is built
+    (after the model loaded): an offline Hub, no login or no network fail here instead, in one line. Only the main
+    process asks (the whoami endpoint is rate-limited); a rate limit or a server error is not the user's and passes."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return
+    fix = ("log in (`hf auth login`) or pass --hub_token, check the network, or train without --push_to_hub and upload "
+           "the output folder afterwards (`hf upload <repo> <output_dir>`)")
+    if hub_offline():
+        raise UsageError("--push_to_hub: the Hugging Face Hub is offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE); unset "
+                         "it, or train without --push_to_hub and upload the output folder afterwards (`hf upload`)")
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().whoami(token=token, cache=True)
+    except Exception as error:  # every failure to reach the Hub as a user is reported in one line
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status is not None and (status == 429 or status >= 500):
+            return
+        raise UsageError(f"--push_to_hub: cannot use the Hugging Face Hub ({type(error).__name__}: "
+                         f"{one_line(error)[:200]}); {fix}") from error
+
+
 def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -130,7 +169,9 @@ def parse_args(parser_cls, dataclasses, argv, prog: str, description: str | None
     for action in parser._actions:
         if overrides and action.dest in overrides:
             action.help = overrides[action.dest]
-    args = list(sys.argv[1:] if argv is None else argv)
+    _hide_negated_flags(parser)
+    args = _join_negative_values(parser, list(sys.argv[1:] if argv is None else argv))
+    config = None
     if "--config" in args:
         i = args.index("--config")
         path = args[i + 1] if i + 1 < len(args) else None
@@ -138,7 +179,9 @@ def parse_args(parser_cls, dataclasses, argv, prog: str, description: str | None
             parser.error("--config needs a YAML file: --config FILE.yaml")
         if not os.path.isfile(os.path.expanduser(path)):
             raise UsageError(f"--config {path}: no such file")
-        args[i + 1] = os.path.expanduser(path)
+        args[i + 1] = config = os.path.expanduser(path)
+    # unknown names first: TRL reports them only after the dataclasses' own checks ran on the defaults they replaced
+    _check_known_options(parser, args, config)
     try:
         return parser.parse_args_and_config(args=args)
     except UsageError:
@@ -147,6 +190,92 @@ def parse_args(parser_cls, dataclasses, argv, prog: str, description: str | None
         raise UsageError(f"--config: not valid YAML ({one_line(error)})") from error
     except ValueError as error:  # the dataclasses' __post_init__ checks (RLPConfig, TrainingArguments, ...)
         raise UsageError(one_line(error)) from error
+
+
+def _option_names(parser) -> dict[str, object]:
+    """`--flag` -> its action, for every option of the parser (aliases included)."""
+    return {name: action for action in parser._actions for name in action.option_strings if name.startswith("--")}
+
+
+def _did_you_mean(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_known_options(parser, args: list[str], config: str | None) -> None:
+    """A misspelled key of the `--config` file or a misspelled flag is a `UsageError` naming the closest option.
+
+    TRL's parser builds the dataclasses before it looks at unknown names, so an unknown YAML key used to surface as
+    a check failing on the default the key meant to replace (`num_generation: 2` -> "not a multiple of 16")."""
+    import yaml
+
+    options = _option_names(parser)
+    if config is not None:
+        try:
+            with open(config) as f:
+                values = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            raise UsageError(f"--config: not valid YAML ({one_line(error)})") from error
+        if not isinstance(values, dict):
+            raise UsageError(f"--config {config}: the file must hold `option: value` lines (a YAML mapping)")
+        dests = {a.dest for a in parser._actions if a.option_strings} | {"env"}
+        for key in values:
+            if key not in dests:
+                hint = _did_you_mean(f"--{key}", options).replace("--", "")
+                raise UsageError(f"--config {config}: unknown option {key!r}{hint or ' (rlp-train --help lists them)'}")
+    without_config = list(args)
+    if "--config" in without_config:
+        i = without_config.index("--config")
+        del without_config[i : i + 2]
+    required = [a for a in parser._actions if a.required]  # may come from the YAML file: not checked here
+    for action in required:
+        action.required = False
+    try:
+        _, rest = parser.parse_known_args(without_config)
+    finally:
+        for action in required:
+            action.required = True
+    for token in rest:
+        if token.startswith("-") and not _is_number(token):
+            name = token.split("=", 1)[0]
+            raise UsageError(f"unknown option {name}{_did_you_mean(name, options) or ' (--help lists them)'}")
+    if rest:
+        raise UsageError(f"unexpected argument {rest[0]!r}: options are `--name value` pairs (--help lists them)")
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _join_negative_values(parser, args: list[str]) -> list[str]:
+    """`--learning_rate -1e-5` -> `--learning_rate=-1e-5`: argparse takes `-1e-5` (exponent form) for an option and
+    reports "expected one argument"; joined, it is the value the user meant."""
+    options = _option_names(parser)
+    out = []
+    for token in args:
+        previous = out[-1] if out else ""
+        if token.startswith("-") and _is_number(token) and previous in options and options[previous].nargs != 0:
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _hide_negated_flags(parser) -> None:
+    """transformers adds `--no_<flag>` for every boolean option that defaults to True, with the positive flag's help
+    text: 19 duplicate entries in --help. They keep working; `--<flag> false` says the same and the description says
+    so once."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._StoreFalseAction) and any(s.startswith("--no_") for s in action.option_strings):
+            action.help = argparse.SUPPRESS
 
 
 def grouped(parser_cls, groups):
@@ -191,5 +320,7 @@ class _HelpFormatter(_formatter_base()):
 
 CONFIG_HELP = (
     "Options can also come from a YAML file: --config FILE.yaml, one `option: value` per line (the option names "
-    "below, without --). Flags on the command line override the file."
+    "below, without --). Flags on the command line override the file. A boolean option takes true or false "
+    "(--bf16 false); --no_<option> is the same as --<option> false. A negative number may follow its option "
+    "(--learning_rate -1e-5) or be joined to it (--learning_rate=-1e-5)."
 )

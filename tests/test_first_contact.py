@@ -289,3 +289,146 @@ def test_docs_name_the_embedded_model_as_what_it_is():
     for path in ("README.md", "docs/quickstart.md", "docs/scaling.md", "docs/performance.md"):
         text = open(os.path.join(REPO, path), encoding="utf-8").read()
         assert not re.search(r"SmolLM2-135M(?!-Instruct)", text), path
+
+
+# ------------------------------------------------------------------------- issue 21, item 2: more one-line errors
+def test_push_to_hub_offline_read_only_output_and_misspelled_bench_task_fail_in_one_line_before_loading(
+        tmp_path, tiny_model_dir, docs_jsonl, capsys, monkeypatch):
+    """Each fails with one line and exit 2 before any model is loaded (the trainer is never built)."""
+    import errno
+    import tempfile
+
+    import rlp_trl.tools.train as train_module
+    from rlp_trl.tools.bench import cli as bench_cli
+
+    monkeypatch.setattr(train_module, "RLPTrainer", lambda *a, **k: pytest.fail("the model was loaded"))
+    base = ["--model_name_or_path", tiny_model_dir, "--dataset_name", docs_jsonl, *FAST]
+    code, err = run_train(capsys, [*base, "--output_dir", str(tmp_path / "a"), "--push_to_hub", "true"])
+    assert code == 2 and "--push_to_hub: the Hugging Face Hub is offline" in one_error_line(err)
+
+    # the Hub not offline but unreachable (a closed local port stands for a failed name resolution)
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    code, err = run_train(capsys, [*base, "--output_dir", str(tmp_path / "b"), "--push_to_hub", "true",
+                                   "--hub_token", "hf_not_a_real_token"])
+    line = one_error_line(err)
+    assert code == 2 and "--push_to_hub: cannot use the Hugging Face Hub" in line and "hf auth login" in line
+
+    read_only = str(tmp_path / "ro")
+
+    def refuse(*args, dir=None, **kwargs):  # root ignores permissions: a read-only file system, simulated
+        if dir == read_only:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return original(*args, dir=dir, **kwargs)
+
+    original = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, err = run_train(capsys, [*base, "--output_dir", read_only])
+    assert code == 2 and f"--output_dir {read_only}: cannot write there (Read-only file system)" in one_error_line(err)
+
+    code = bench_cli(["--model_name_or_path", tiny_model_dir, "--tasks", "basic_arithmetc", "--num_problems", "1",
+                      "--output_dir", str(tmp_path / "bench")])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "unknown task 'basic_arithmetc'; did you mean 'basic_arithmetic'?" in line
+
+
+def test_the_lock_of_an_unwritable_folder_is_a_user_error(tmp_path):
+    """A library user (no CLI pre-check): a folder that cannot be created is a UsageError naming it, not an OSError."""
+    from rlp_trl.lock import OutputDirLock
+    from rlp_trl.usage import UsageError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"output_dir .*file/out: cannot write there"):
+        OutputDirLock(str(tmp_path / "file" / "out")).acquire()
+
+
+def test_a_list_of_strings_is_a_corpus_and_other_types_name_what_to_pass(tmp_path, tiny_model_dir):
+    from rlp_trl import RLPTrainer
+    from rlp_trl.data import as_dataset
+    from rlp_trl.usage import UsageError
+
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=1), train_dataset=tiny_corpus(12))
+    assert trainer.position_stats.documents == 12 and len(trainer.train_dataset) > 0
+    assert as_dataset([{"text": "a b"}, {"text": "c"}])["text"] == ["a b", "c"]
+    with pytest.raises(UsageError, match=r"train_dataset is a str; .*load_documents"):
+        as_dataset("docs.jsonl")
+    with pytest.raises(UsageError, match="mixing int, str"):
+        as_dataset(["a", 1])
+
+
+# ------------------------------------------------------------------------- issue 21, item 3: misspelled names
+@pytest.mark.parametrize("case", ["yaml_num_generation", "yaml_learning_rte", "flag", "negative_number"])
+def test_misspelled_config_keys_and_flags_say_did_you_mean(case, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    if case == "yaml_num_generation":  # was: "groups of G = 16 ... not a multiple of 16", a default never chosen
+        config.write_text("num_generation: 2\n")
+        argv, expect = ["--config", str(config)], "unknown option 'num_generation'; did you mean num_generations?"
+    elif case == "yaml_learning_rte":  # was: a message about TRL's fail_with_unknown_args
+        config.write_text("learning_rte: 1.0e-5\n")
+        argv, expect = ["--config", str(config)], "unknown option 'learning_rte'; did you mean learning_rate?"
+    elif case == "flag":
+        argv, expect = ["--learning_rte", "1e-5"], "unknown option --learning_rte; did you mean --learning_rate?"
+    else:  # argparse took -1e-5 for an option ("expected one argument"); now the value reaches RLPConfig's check
+        argv, expect = ["--learning_rate", "-1e-5"], "learning_rate must be a finite number >= 0, got -1e-05"
+    code, err = run_train(capsys, [*argv, "--output_dir", str(tmp_path / "out")])
+    line = one_error_line(err)
+    assert code == 2 and expect in line, line
+    assert "fail_with_unknown_args" not in line and "multiple of 16" not in line
+
+
+def test_negative_numbers_after_a_flag_are_values(tmp_path):
+    from rlp_trl.tools.train import parse_training_args
+
+    _, args, _ = parse_training_args(["--output_dir", str(tmp_path), "--max_grad_norm", "-1e-1", "--seed", "-3"])
+    assert args.seed == -3 and args.max_grad_norm == pytest.approx(-0.1)
+
+
+# ------------------------------------------------------------------------- issue 21, item 4: --help
+def test_help_lists_each_boolean_once(capsys):
+    from rlp_trl.tools.train import cli, parse_training_args
+
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    out = capsys.readouterr().out
+    negated = [line for line in out.splitlines() if re.match(r"\s+--no_(?!think_baseline)", line)]
+    assert negated == [], negated  # 19 entries repeated the positive flag's help with "(default: False)"
+    assert "--no_<option> is the same as --<option> false" in " ".join(out.split())
+    _, args, _ = parse_training_args(["--no_handle_signals", "--output_dir", "x"])  # still accepted
+    assert args.handle_signals is False
+
+
+# ------------------------------------------------------------------------- issue 21, item 5: torchrun without use_cpu
+def test_torchrun_on_cpu_without_use_cpu_names_the_real_cause(tmp_path, tiny_model_dir, docs_jsonl):
+    """Two ranks that did not form one distributed run: each says so (before loading the model), instead of rank 1
+    being refused by the lock as if its sibling were "another run"."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    fast = FAST[2:]
+    assert FAST[:2] == ["--use_cpu", "true"]
+    cmd = [torchrun, "--nproc_per_node", "2", "-m", "rlp_trl.tools.train", "--model_name_or_path", tiny_model_dir,
+           "--dataset_name", docs_jsonl, "--output_dir", str(tmp_path / "out"), *fast]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "in use by another run" not in proc.stderr
+    assert proc.stderr.count("did not join one distributed run") == 2, proc.stderr[-3000:]
+    assert "--use_cpu true" in proc.stderr
+
+
+def test_claiming_the_output_dir_checks_the_launch(tmp_path, monkeypatch):
+    """Library users reach the same check when train() claims the folder (before the lock)."""
+    from rlp_trl.resilience import claimed_output_dir
+    from rlp_trl.usage import UsageError
+
+    class OneProcess:
+        num_processes, is_main_process = 1, True
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with (pytest.raises(UsageError, match="rank 1 of 2 .* did not join one distributed run"),
+          claimed_output_dir(OneProcess(), str(tmp_path / "out"), None)):
+        pass
+    assert not (tmp_path / "out").exists()

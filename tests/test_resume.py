@@ -339,7 +339,9 @@ def test_resume_refuses_another_corpus_or_an_ignored_setting(reference, tiny_mod
     checkpoint = os.path.join(reference["out"], "checkpoint-2")
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, **settings), train_dataset=Dataset.from_dict({"text": docs}))
     expected = "the training data differs .content fingerprint" if change == "corpus" else "learning_rate was 0.001, now 0.0001"
-    with pytest.raises(ValueError, match=rf"refusing to resume: resuming from .*checkpoint-2: {expected}"):
+    from rlp_trl.usage import UsageError  # a user error: one line and exit status 2 from rlp-train (issue 21)
+
+    with pytest.raises(UsageError, match=rf"refusing to resume: resuming from .*checkpoint-2: {expected}"):
         trainer.train(resume_from_checkpoint=checkpoint)
     assert trainer.state.global_step == 2 or trainer.state.global_step == 0  # nothing trained
     warned = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, resume_mismatch="warn", **settings),

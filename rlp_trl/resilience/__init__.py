@@ -48,7 +48,7 @@ from .nonfinite import (
     teacher_tensors,
     verify_state_finite,
 )
-from .preflight import check_context_window, check_finite_weights, check_stream_nonempty, preflight
+from .preflight import check_context_window, check_finite_weights, check_launch, check_stream_nonempty, preflight
 from .resume import (
     CONTENT_ROWS,
     IGNORED_ON_RESUME,
@@ -74,8 +74,8 @@ __all__ = [
     "RESUME_STATE", "RUNAWAY_GAIN_FACTOR", "RUNAWAY_WEIGHT_FACTOR", "STAGING_PREFIX", "ZERO_GRAD_STEPS",
     "CheckpointSaveError", "CheckpointStager", "GracefulStop", "NonFiniteError", "NonFiniteGuard", "OutputDirLock",
     "OutputDirLockedError", "ResumeState", "check_context_window", "check_finite_weights", "check_stream_nonempty",
-    "checkpoint_problem", "claim_output_dir", "claimed_output_dir", "content_fingerprint", "data_fingerprint",
-    "ensure_pad_token", "finished_at", "last_complete_checkpoint", "list_checkpoints", "load_finished",
+    "check_launch", "checkpoint_problem", "claim_output_dir", "claimed_output_dir", "content_fingerprint",
+    "data_fingerprint", "ensure_pad_token", "finished_at", "last_complete_checkpoint", "list_checkpoints", "load_finished",
     "on_main_then_everywhere", "optimisation_settings", "optimizer_tensors", "preflight", "remove_stale_staging",
     "resolve_resume_checkpoint", "sampling_error", "save_failure", "scan_tensors",
     "teacher_tensors", "verify_state_finite", "write_complete_marker",

@@ -1,5 +1,8 @@
 """Pre-flight checks at the start of `train()`: the model's context window holds context + markers + thought +
-horizon, the weights are finite, a streaming dataset yields at least one usable position."""
+horizon, the weights are finite, a streaming dataset yields at least one usable position; and, before the output
+folder is claimed, that a multi-process launch formed one distributed run (`check_launch`)."""
+
+import os
 
 from datasets import IterableDataset
 
@@ -54,4 +57,22 @@ def check_stream_nonempty(dataset, needed: int = 1) -> None:
             f"The streaming training dataset yields no usable positions for a full batch ({found} found, one generation "
             f"batch needs {needed} contexts): its documents are empty, not strings, or shorter than "
             f"min_context_tokens + reward_horizon tokens (or the stream is empty)."
+        )
+
+
+def check_launch(num_processes: int) -> None:
+    """A launcher started WORLD_SIZE processes, but the trainer runs as `num_processes` (1): the processes did not form
+    one distributed run and each would train alone. Seen with `torchrun --nproc_per_node 2` on a CPU machine without
+    `--use_cpu true` (transformers then leaves torch.distributed unused); the second rank's symptom would otherwise be
+    the output folder's lock naming its sibling as "another run"."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return
+    if world > 1 and num_processes == 1:
+        raise UsageError(
+            f"this process is rank {os.environ.get('RANK', '?')} of {world} started by torchrun / accelerate launch, but "
+            f"training runs as a single process: the {world} processes did not join one distributed run and would each "
+            f"train alone into the same output_dir. On CPU pass --use_cpu true (torch.distributed over gloo); on GPUs "
+            f"check that every process sees a GPU (CUDA_VISIBLE_DEVICES); or launch one process."
         )

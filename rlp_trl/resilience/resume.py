@@ -17,6 +17,8 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers.utils import logging
 
+from ..usage import UsageError
+
 logger = logging.get_logger("rlp_trl")
 
 RESUME_STATE = "rlp_resume_state_{rank}.pt"
@@ -154,12 +156,13 @@ class ResumeState:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"Cannot resume from {checkpoint}: {os.path.basename(path)} is unreadable ({err})") from err
+            raise UsageError(f"Cannot resume from {checkpoint}: {os.path.basename(path)} is unreadable ({err}); resume "
+                             f"from an earlier checkpoint") from err
         problems = self.mismatches(state)
         if problems:
             text = f"resuming from {checkpoint}: " + "; ".join(problems)
             if self.args.resume_mismatch == "error":
-                raise ValueError(
+                raise UsageError(  # a ValueError: one line and exit 2 from the console scripts
                     f"RLPConfig: refusing to resume: {text}. Resume with the original corpus and settings, start a new "
                     f"run from the checkpoint's weights (--model_name_or_path {checkpoint}), or pass "
                     f"--resume_mismatch warn to resume anyway."

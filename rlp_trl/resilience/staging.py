@@ -172,6 +172,9 @@ def claim_output_dir(output_dir: str, resume_from_checkpoint) -> tuple[OutputDir
 def claimed_output_dir(accelerator, output_dir: str, resume_from_checkpoint):
     """For the length of `train()`: the main process holds the output folder's lock (`claim_output_dir`); every
     process gets the verified checkpoint to resume from (or None). The lock is released on exit, whatever happens."""
+    from .preflight import check_launch
+
+    check_launch(accelerator.num_processes)  # before the lock: a failed distributed launch, not "another run"
     held = []
 
     def claim():

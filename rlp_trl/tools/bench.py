@@ -74,6 +74,26 @@ def champ_problems(num_problems: int, seed: int) -> list[Problem]:
     return [Problem(p["_text"], p["_answer"], lambda answer, g=p["_answer"]: champ_score(answer, g)) for p in chosen]
 
 
+def check_tasks(tasks: list[str], modes: list[str]) -> None:
+    """Unknown task or mode names as a one-line `UsageError` with the closest name, before any model is loaded
+    (reasoning-gym reports a misspelled task as a `ValueError` traceback, after the model loaded)."""
+    import difflib
+
+    from ..usage import UsageError
+
+    for mode in modes:
+        if mode not in MODES:
+            raise UsageError(f"--modes: unknown mode {mode!r}; use {', '.join(MODES)} (comma-separated)")
+    reasoning_gym = require("reasoning_gym", "bench", "rlp-bench's reasoning-gym tasks")
+    known = {"champ", *reasoning_gym.factory.DATASETS}
+    for task in tasks:
+        if task not in known:
+            close = difflib.get_close_matches(task, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"--tasks: unknown task {task!r}; {hint}Use 'champ' or a reasoning-gym generator name "
+                             f"(e.g. {', '.join(REASONING_GYM_TASKS)}), comma-separated")
+
+
 def load_problems(task: str, num_problems: int, seed: int) -> list[Problem]:
     return champ_problems(num_problems, seed) if task == "champ" else reasoning_gym_problems(task, num_problems, seed)
 
@@ -291,6 +311,7 @@ def main(argv: list[str] | None = None):
             if not args.dry_run:
                 status = run_lm_eval(cmd) or status
         return status
+    check_tasks(args.tasks.split(","), args.modes.split(","))
     results = {}
     for path in paths:
         model, tokenizer, open_ids, close_id = load_with_markers(path, args.think_open, args.think_close, args.seed)

@@ -19,8 +19,20 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 
 from ..config import RLPConfig
 from ..data import is_json_lines, read_json_lines
+from ..resilience import check_launch
 from ..trainer import RLPTrainer
-from ..usage import CONFIG_HELP, UsageError, check_model, check_path, hub_offline, one_line, parse_args, run_cli
+from ..usage import (
+    CONFIG_HELP,
+    UsageError,
+    check_hub_push,
+    check_model,
+    check_output_dir,
+    check_path,
+    hub_offline,
+    one_line,
+    parse_args,
+    run_cli,
+)
 
 LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -67,8 +79,9 @@ def load_documents(
     * `.jsonl` / `.json` / `.parquet` / `.csv` files, or a folder of one of these formats: one row per document;
     * a folder written by `Dataset.save_to_disk`, else a Hub dataset name.
 
-    With `text_field` (training), a JSON-lines file is read line by line (`rlp_trl.data.read_json_lines`): a line
-    that is not UTF-8, not valid JSON or holds a broken escape is a counted skip, not a failed load.
+    With `text_field` (training), a JSON-lines file, or a folder of them, is read line by line, streaming or not
+    (`rlp_trl.data.read_json_lines`): a line that is blank, not UTF-8, not valid JSON or holds a broken escape is a
+    counted skip, not a failed load.
 
     A path that does not exist, an empty file, a folder without data files or of mixed formats, and an unsupported
     suffix are `UsageError`s naming the fix."""
@@ -97,10 +110,8 @@ def load_documents(
         if len(kinds) > 1:
             raise UsageError(f"--dataset_name {name}: the folder mixes formats ({', '.join(kinds)}); keep one format "
                              f"per folder, or pass one file")
-        if kinds == ["json"] and text_field is not None and not streaming and all(is_json_lines(f) for f in files):
-            from datasets import concatenate_datasets
-
-            return concatenate_datasets([read_json_lines(f, text_field) for f in files])
+        if kinds == ["json"] and text_field is not None and all(is_json_lines(f) for f in files):
+            return read_json_lines(files, text_field, streaming=streaming)  # line by line, streaming or not
         extra = {"sample_by": "paragraph"} if kinds == ["text"] else {}
         return load_dataset(kinds[0], data_files=files, split="train", streaming=streaming, **extra)
     try:
@@ -219,6 +230,10 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
     if training_args.resume_from_checkpoint not in (None, "") and str(training_args.resume_from_checkpoint).lower() \
             not in ("true", "false", "last", "latest", "auto", "no", "none"):
         check_path(training_args.resume_from_checkpoint, "--resume_from_checkpoint", "checkpoint folder (or true/last/auto)")
+    check_output_dir(training_args.output_dir)
+    check_launch(training_args.world_size)  # before the model loads: a multi-process launch that is not one run
+    if training_args.push_to_hub:
+        check_hub_push(training_args.hub_token)
 
     if model_args.model_name_or_path is None or script_args.dataset_name is None:
         from .assets import default_corpus_path, default_model_path
