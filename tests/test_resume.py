@@ -338,7 +338,7 @@ def test_resume_refuses_another_corpus_or_an_ignored_setting(reference, tiny_mod
     settings = {**EXACT, "learning_rate": 1e-4} if change == "learning_rate" else EXACT
     checkpoint = os.path.join(reference["out"], "checkpoint-2")
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, **settings), train_dataset=Dataset.from_dict({"text": docs}))
-    expected = "the training data differs .content fingerprint" if change == "corpus" else "learning_rate was 0.001, now 0.0001"
+    expected = "the training data differs .shape fingerprint" if change == "corpus" else "learning_rate was 0.001, now 0.0001"
     from rlp_trl.usage import UsageError  # a user error: one line and exit status 2 from rlp-train (issue 21)
 
     with pytest.raises(UsageError, match=rf"refusing to resume: resuming from .*checkpoint-2: {expected}"):
@@ -348,3 +348,103 @@ def test_resume_refuses_another_corpus_or_an_ignored_setting(reference, tiny_mod
                         train_dataset=Dataset.from_dict({"text": docs}))
     warned.train(resume_from_checkpoint=checkpoint)
     assert warned.state.global_step == 4 and any("WARNING, resuming from" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------- issue 21, item 9
+def _remark(checkpoint, hashes=True):
+    """Re-write the completion marker over the folder's current files (as a marker rewritten after the fact would)."""
+    from rlp_trl.resilience import write_complete_marker
+
+    step = int(str(checkpoint).rsplit("-", 1)[1])
+    write_complete_marker(str(checkpoint), step)
+    if not hashes:  # as rlp_trl < 0.2 wrote it: sizes only
+        marker = checkpoint / COMPLETE_MARKER
+        data = json.loads(marker.read_text())
+        data["files"] = {k: v["size"] for k, v in data["files"].items()}
+        marker.write_text(json.dumps(data))
+
+
+def test_auto_falls_back_past_checkpoints_whose_files_verify_but_whose_state_is_not_finite(reference, tmp_path, caplog):
+    """NaN Adam moments (checkpoint-4) and a NaN EMA teacher (checkpoint-3) under valid markers: every
+    `--resume_from_checkpoint auto` loaded them and failed, the same way on every requeue. Now they are skipped."""
+    from safetensors.torch import load_file, save_file
+
+    out = _copy_run(reference, tmp_path)
+    optimizer = torch.load(out / "checkpoint-4" / "optimizer.pt", weights_only=True)
+    first = next(iter(optimizer["state"].values()))
+    first["exp_avg_sq"].view(-1)[0] = float("nan")
+    torch.save(optimizer, out / "checkpoint-4" / "optimizer.pt")
+    _remark(out / "checkpoint-4")
+    teacher = load_file(out / "checkpoint-3" / "rlp_teacher.safetensors")
+    name = min(teacher)
+    teacher[name].view(-1)[0] = float("inf")
+    save_file(teacher, out / "checkpoint-3" / "rlp_teacher.safetensors", metadata={"format": "pt"})
+    _remark(out / "checkpoint-3")
+    assert "optimizer.pt holds non-finite values (NaN/inf) in exp_avg_sq of parameter #" in checkpoint_problem(
+        str(out / "checkpoint-4"))
+    assert f"rlp_teacher.safetensors holds non-finite values (NaN/inf) in {name}" in checkpoint_problem(
+        str(out / "checkpoint-3"))
+    caplog.set_level("WARNING")
+    assert resolve_resume_checkpoint("auto", str(out)) == str(out / "checkpoint-2")
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert f"not resuming from {out / 'checkpoint-4'}: optimizer.pt holds non-finite values" in warned
+    assert "falling back to checkpoint-2" in warned
+
+
+def test_markers_without_hashes_still_check_the_large_files(reference, tmp_path):
+    """Old markers (sizes only) let same-size damage of optimizer.pt / model.safetensors / rlp_teacher.safetensors
+    through unverified; now torch archives are checked against their CRCs, safetensors by header and values."""
+    out = _copy_run(reference, tmp_path, steps=(1, 2, 3, 4))
+    for step in (1, 2, 3, 4):
+        _remark(out / f"checkpoint-{step}", hashes=False)
+    size = os.path.getsize(out / "checkpoint-4" / "optimizer.pt")
+    _same_size_garbage(out / "checkpoint-4" / "optimizer.pt", offset=size // 2)
+    _same_size_garbage(out / "checkpoint-3" / "model.safetensors", offset=0)  # its header
+    path = out / "checkpoint-2" / "rlp_teacher.safetensors"
+    _same_size_garbage(path, offset=os.path.getsize(path) - 64)  # values: 0xffffffff is a NaN
+    assert "optimizer.pt is corrupted (CRC mismatch" in checkpoint_problem(str(out / "checkpoint-4"))
+    assert "no sha256" in checkpoint_problem(str(out / "checkpoint-4"))
+    assert "model.safetensors is not a readable safetensors file" in checkpoint_problem(str(out / "checkpoint-3"))
+    assert "rlp_teacher.safetensors holds non-finite values" in checkpoint_problem(str(out / "checkpoint-2"))
+    assert resolve_resume_checkpoint("auto", str(out)) == str(out / "checkpoint-1")
+
+
+def test_one_changed_document_outside_the_sampled_rows_changes_the_shape_fingerprint():
+    """The sampled fingerprint reads 64 rows: a change elsewhere resumed silently. The shape fingerprint reads every
+    row's targets, positions and prompt lengths (not the prompts' tokens)."""
+    import time
+
+    from rlp_trl.resilience import content_fingerprint, shape_fingerprint
+    from rlp_trl.resilience.resume import ResumeState
+
+    def positions(n, changed=None):
+        rows = {"prompt": [[1 + i % 7] * (5 + i % 11) for i in range(n)], "target_ids": [[i % 13] for i in range(n)],
+                "doc_index": list(range(n)), "position": [5 + i % 11 for i in range(n)]}
+        if changed == "target":
+            rows["target_ids"][1] = [99]
+        elif changed == "length":
+            rows["prompt"][1] = rows["prompt"][1] + [3]
+        return Dataset.from_dict(rows)
+
+    base = positions(500)
+    for changed in ("target", "length"):
+        other = positions(500, changed)
+        assert content_fingerprint(other) == content_fingerprint(base)  # row 1 is not among the 64 sampled
+        assert shape_fingerprint(other) != shape_fingerprint(base)
+    assert shape_fingerprint(positions(500)) == shape_fingerprint(base)
+    assert shape_fingerprint(base.select([4, 2, 0])) is None  # an indices mapping: the sampled fingerprint only
+    assert shape_fingerprint(base.select(range(10))) == shape_fingerprint(positions(10))  # a slice reads its rows
+
+    class Args:
+        learning_rate, weight_decay, adam_beta1, adam_beta2, adam_epsilon, optim = 1e-3, 0.0, 0.9, 0.999, 1e-8, "adamw"
+
+    state = ResumeState(Args(), None, positions(500, "target"), None)
+    saved = {"data": {**ResumeState(Args(), None, base, None).fingerprint()}, "settings": {}}
+    assert "shape fingerprint" in state.mismatches(saved)[0]
+    del saved["data"]["shape"]  # a checkpoint written before the shape fingerprint: the sampled one decides
+    assert state.mismatches(saved) == []
+
+    big = positions(100_000)
+    start = time.perf_counter()
+    shape_fingerprint(big)
+    assert time.perf_counter() - start < 2.0  # offsets and small columns only

@@ -57,6 +57,7 @@ from .resume import (
     content_fingerprint,
     data_fingerprint,
     optimisation_settings,
+    shape_fingerprint,
 )
 from .signals import DUPLICATE_WINDOW_S, REGISTRY_ENV, GracefulStop
 from .staging import (
@@ -73,10 +74,10 @@ __all__ = [
     "COMPLETE_MARKER", "CONTENT_ROWS", "DUPLICATE_WINDOW_S", "IGNORED_ON_RESUME", "MARKER_VERSION", "REGISTRY_ENV",
     "RESUME_STATE", "RUNAWAY_GAIN_FACTOR", "RUNAWAY_WEIGHT_FACTOR", "STAGING_PREFIX", "ZERO_GRAD_STEPS",
     "CheckpointSaveError", "CheckpointStager", "GracefulStop", "NonFiniteError", "NonFiniteGuard", "OutputDirLock",
-    "OutputDirLockedError", "ResumeState", "check_context_window", "check_finite_weights", "check_stream_nonempty",
-    "check_launch", "checkpoint_problem", "claim_output_dir", "claimed_output_dir", "content_fingerprint",
+    "OutputDirLockedError", "ResumeState", "check_context_window", "check_finite_weights", "check_launch",
+    "check_stream_nonempty", "checkpoint_problem", "claim_output_dir", "claimed_output_dir", "content_fingerprint",
     "data_fingerprint", "ensure_pad_token", "finished_at", "last_complete_checkpoint", "list_checkpoints", "load_finished",
     "on_main_then_everywhere", "optimisation_settings", "optimizer_tensors", "preflight", "remove_stale_staging",
-    "resolve_resume_checkpoint", "sampling_error", "save_failure", "scan_tensors",
+    "resolve_resume_checkpoint", "sampling_error", "save_failure", "scan_tensors", "shape_fingerprint",
     "teacher_tensors", "verify_state_finite", "write_complete_marker",
 ]

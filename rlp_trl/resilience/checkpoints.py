@@ -116,11 +116,74 @@ def _parse_problem(path: str) -> str | None:
     return None
 
 
+def _unreadable_tensor_file(path: str, rel: str) -> str | None:
+    """A large state file that has no sha256 in its marker (written by rlp_trl < 0.2): a torch zip archive is checked
+    against its own CRCs; a safetensors file has none, its header must parse (its values are checked finite below)."""
+    full = os.path.join(path, rel)
+    if rel.endswith((".pt", ".pth", ".bin")):
+        try:
+            with zipfile.ZipFile(full) as archive:
+                broken = archive.testzip()
+        except (OSError, zipfile.BadZipFile, ValueError) as err:
+            return f"{rel} is not a readable torch file ({type(err).__name__}: {str(err)[:120]})"
+        return f"{rel} is corrupted (CRC mismatch in {broken})" if broken is not None else None
+    return None
+
+
+def _nonfinite(tensors) -> str | None:
+    """The name of the first floating tensor of `(name, tensor)` pairs that holds NaN/inf, else None."""
+    import torch
+
+    for name, tensor in tensors:
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _optimizer_tensors(state: dict):
+    for i, values in (state.get("state") or {}).items() if isinstance(state, dict) else ():
+        for key, value in (values or {}).items() if isinstance(values, dict) else ():
+            yield f"{key} of parameter #{i}", value
+
+
+def nonfinite_state_problem(path: str) -> str | None:
+    """Which state file of checkpoint `path` holds NaN/inf: every `*.safetensors` (policy, EMA teacher, adapters) and
+    `optimizer.pt` (Adam's moments). The save side refuses such state (`verify_state_finite`), so a hit means a file
+    changed after it was marked complete, or a bug: resuming from it would fail the same way on every requeue.
+    Files that `torch.load(weights_only=True)` cannot read (e.g. DeepSpeed's own) are not judged here."""
+    import torch
+    from safetensors import safe_open
+
+    for root, _, names in sorted(os.walk(path)):
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path)
+            if name.endswith(".safetensors"):
+                try:
+                    with safe_open(full, framework="pt") as f:
+                        bad = _nonfinite((key, f.get_tensor(key)) for key in f.keys())  # noqa: SIM118 - not a dict
+                except Exception as err:  # noqa: BLE001 - safetensors' own error type differs across versions
+                    return f"{rel} is not a readable safetensors file ({type(err).__name__}: {str(err)[:120]})"
+            elif name == "optimizer.pt":
+                try:
+                    state = torch.load(full, map_location="cpu", weights_only=True, mmap=True)
+                except Exception:  # noqa: BLE001, S112 - not torch's plain layout: the marker's hash is all we check
+                    continue
+                bad = _nonfinite(_optimizer_tensors(state))
+            else:
+                continue
+            if bad is not None:
+                return f"{rel} holds non-finite values (NaN/inf) in {bad}"
+    return None
+
+
 def checkpoint_problem(path: str, verify_content: bool = True) -> str | None:
     """Why `path` is not a complete rlp_trl checkpoint, or None when its completion marker verifies.
 
-    Checked: the marker exists and parses, every file it lists exists with its size and (`verify_content`, markers
-    written by rlp_trl >= 0.2) its sha256, and the small state files parse."""
+    Checked: the marker exists and parses, every file it lists exists with its size and (`verify_content`) its
+    sha256, the small state files parse, and (`verify_content`) the tensors of the state files are finite
+    (`nonfinite_state_problem`). Files a marker lists without a sha256 (rlp_trl < 0.2) are checked as far as their
+    format allows: torch archives against their CRCs, safetensors by their header and finite values."""
     if not os.path.isdir(path):
         return "not a directory"
     marker = os.path.join(path, COMPLETE_MARKER)
@@ -143,7 +206,14 @@ def checkpoint_problem(path: str, verify_content: bool = True) -> str | None:
         for rel, digest in _hash_all(path, hashed).items():
             if digest != hashed[rel]:
                 return f"{rel} does not match its sha256 in {COMPLETE_MARKER} (its content changed after the save)"
-    return _parse_problem(path)
+        for rel in sorted(set(files) - set(hashed)):
+            problem = _unreadable_tensor_file(path, rel)
+            if problem is not None:
+                return f"{problem} (its marker has no sha256 to check it by)"
+    problem = _parse_problem(path)
+    if problem is None and verify_content:
+        problem = nonfinite_state_problem(path)
+    return problem
 
 
 def list_checkpoints(output_dir: str) -> list[str]:
