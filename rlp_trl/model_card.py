@@ -10,11 +10,11 @@ EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # docstyle-ignore
 CITATION = """\
 @article{hatamizadeh2025rlp,
-                title        = {{RLP: Reinforcement as a Pretraining Objective}},
-                author       = {Ali Hatamizadeh and Syeda Nahida Akter and Shrimai Prabhumoye and Jan Kautz and Mostofa Patwary and Mohammad Shoeybi and Bryan Catanzaro and Yejin Choi},
-                year         = 2025,
-                eprint       = {arXiv:2510.01265},
-            }"""
+    title  = {{RLP: Reinforcement as a Pretraining Objective}},
+    author = {Ali Hatamizadeh and Syeda Nahida Akter and Shrimai Prabhumoye and Jan Kautz and Mostofa Patwary and Mohammad Shoeybi and Bryan Catanzaro and Yejin Choi},
+    year   = 2025,
+    eprint = {arXiv:2510.01265},
+}"""
 
 
 def describe_base(model_id: str | None) -> tuple[str | None, str]:
@@ -44,14 +44,39 @@ def describe_base(model_id: str | None) -> tuple[str | None, str]:
     return None, f"the local model folder `{model_id}`"
 
 
+def window_stats(history: list[dict], rollouts_per_step: int) -> dict:
+    """Mean information gain with its spread over the rollouts of some logged steps (pooled: within-step variance
+    plus the variance of the step means), and the mean closing / truncation rates."""
+    k = len(history)
+    means = [h["rlp/info_gain_mean"] for h in history]
+    mean = sum(means) / k
+    var = sum(h.get("rlp/info_gain_std", 0.0) ** 2 for h in history) / k + sum((m - mean) ** 2 for m in means) / k
+    return {
+        "gain": mean, "gain_sd": var**0.5, "rollouts": k * rollouts_per_step,
+        "closed": sum(h.get("rlp/thought_closed_frac", 0.0) for h in history) / k,
+        "truncated": sum(h.get("rlp/thought_truncated_frac", 0.0) for h in history) / k,
+    }
+
+
+def learning_windows(log_history: list[dict], rollouts_per_step: int) -> tuple[int, dict, dict] | None:
+    """(n, first, last): `window_stats` of the first and the last quarter of the logged steps (n steps each, at least
+    one). The console summary of `rlp-train` and the model card both report these, so they tell the same story: one
+    noisy step is not read as a trend."""
+    history = [h for h in log_history if "rlp/info_gain_mean" in h]
+    if not history:
+        return None
+    n = max(1, len(history) // 4)
+    return n, window_stats(history[:n], rollouts_per_step), window_stats(history[-n:], rollouts_per_step)
+
+
+SHORT_RUN_CAVEAT = ("A short run cannot tell whether thinking is learning: a step's gains spread by about the sd above. "
+                    "The measured answer, held out and paired against the base model: `rlp-eval` and "
+                    "docs/learning_curve.md of rlp_trl.")
+
+
 def _last(history: list[dict], key: str):
     values = [h[key] for h in history if key in h]
     return values[-1] if values else None
-
-
-def _first(history: list[dict], key: str):
-    values = [h[key] for h in history if key in h]
-    return values[0] if values else None
 
 
 def build_card(trainer, model_name: str | None = None, dataset_name: str | None = None) -> str:
@@ -63,8 +88,7 @@ def build_card(trainer, model_name: str | None = None, dataset_name: str | None 
     per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * trainer.accelerator.num_processes
     contexts = per_step // a.num_generations
     tokens = _last(history, "num_tokens")
-    gain_first, gain_last = _first(history, "rlp/info_gain_mean"), _last(history, "rlp/info_gain_mean")
-    closed = _last(history, "rlp/thought_closed_frac")
+    windows = learning_windows(history, per_step)
     open_m, close_m = a.think_open, a.think_close
     added = getattr(trainer, "rlp_markers_added", None)
     peft = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", None)
@@ -77,8 +101,6 @@ def build_card(trainer, model_name: str | None = None, dataset_name: str | None 
         front += ["datasets:", f"- {corpus}"]
     front += ["library_name: " + ("peft" if peft else "transformers"), "tags:", "- trl", "- rlp",
               "- reinforcement-pretraining", "---", ""]
-    gain = "not logged" if gain_last is None else f"{gain_last:+.3f} nats (mean over the last logged step's rollouts" + (
-        f"; first step {gain_first:+.3f})" if gain_first is not None else ")")
     lines = front + [
         f"# {name}",
         "",
@@ -95,12 +117,21 @@ def build_card(trainer, model_name: str | None = None, dataset_name: str | None 
         + (f" ({stats.summary()})" if stats is not None and stats.documents is not None else "") + " |",
         f"| training | {trainer.state.global_step} optimizer step(s) of {contexts} contexts x {a.num_generations} thoughts"
         + (f", {int(tokens):,} tokens" if tokens else "") + " |",
-        f"| final information gain | {gain} |",
     ]
-    if closed is not None:
-        lines.append(f"| thoughts closed by `{close_m}` (last step) | {closed:.0%} |")
+    if windows is None:
+        lines.append("| information gain | not logged |")
+    else:
+        n, head, tail = windows
+        lines += [
+            f"| information gain (nats), first {n} -> last {n} logged step(s), {head['rollouts']} rollouts each | "
+            f"{head['gain']:+.2f} (sd {head['gain_sd']:.2f}) -> {tail['gain']:+.2f} (sd {tail['gain_sd']:.2f}) |",
+            f"| thoughts closed by `{close_m}`, same steps | {head['closed']:.0%} -> {tail['closed']:.0%} (ran to the "
+            f"length limit: {head['truncated']:.0%} -> {tail['truncated']:.0%}) |",
+        ]
     if peft:
         lines.append(f"| adapter | LoRA ({', '.join(peft)}); load with `peft.AutoPeftModelForCausalLM.from_pretrained` |")
+    if windows is not None:
+        lines += ["", SHORT_RUN_CAVEAT]
     lines += [
         "",
         "## Think markers and how to prompt",
@@ -112,6 +143,7 @@ def build_card(trainer, model_name: str | None = None, dataset_name: str | None 
         f"think until it writes `{close_m}`, then let it continue the text.",
         "",
         "```python",
+        "import torch",
         "from transformers import AutoModelForCausalLM, AutoTokenizer" if not peft else
         "from peft import AutoPeftModelForCausalLM as AutoModelForCausalLM\nfrom transformers import AutoTokenizer",
         "",
@@ -123,6 +155,8 @@ def build_card(trainer, model_name: str | None = None, dataset_name: str | None 
         f'close = tokenizer.convert_tokens_to_ids("{close_m}")',
         f"thought = model.generate(ids, max_new_tokens={a.max_completion_length}, do_sample=True, "
         f"temperature={a.temperature}, eos_token_id=close)",
+        "if thought[0, -1] != close:  # the thought ran to the length limit: close it, as training did",
+        "    thought = torch.cat([thought, torch.tensor([[close]])], dim=1)",
         "print(tokenizer.decode(model.generate(thought, max_new_tokens=20)[0]))",
         "```",
         "",

@@ -213,10 +213,50 @@ def test_saved_model_has_a_true_card_use_cache_and_no_library_warnings(tmp_path,
     assert "1 optimizer step(s) of 2 contexts x 4 thoughts" in card
     assert "`<think>`" in card and "`</think>`" in card and 'context + "<think>"' in card
     history = [json.loads(line) for line in (out / "rlp_metrics.jsonl").read_text().splitlines()]
-    gain = [h["rlp/info_gain_mean"] for h in history if "rlp/info_gain_mean" in h][-1]
-    assert f"{gain:+.3f} nats" in card
+    from rlp_trl.model_card import learning_windows
+
+    n, head, tail = learning_windows(history, 8)  # issue 21: the console summary's windows, spreads and caveat
+    told = f"{head['gain']:+.2f} (sd {head['gain_sd']:.2f}) -> {tail['gain']:+.2f} (sd {tail['gain_sd']:.2f})"
+    assert f"first {n} -> last {n} logged step(s), 8 rollouts each | {told} |" in card
+    assert told.replace(" -> ", "  ->  ") in proc.stdout  # the summary printed at the end of the same run
+    assert "A short run cannot tell" in card and "nats (mean over the last logged step" not in card
+    bibtex = card.split("```bibtex\n")[1].split("```")[0].splitlines()
+    assert bibtex[0].startswith("@article{") and bibtex[-1] == "}"
+    assert all(line.startswith("    ") and not line.startswith("     ") for line in bibtex[1:-1]), bibtex
     assert "| `ema_decay` | 0.999 |" in card and "| `max_completion_length` | 8 |" in card
     assert json.loads((out / "config.json").read_text())["use_cache"] is True
+
+
+def test_card_snippet_closes_a_thought_that_hits_the_limit(tmp_path, tiny_model_dir, capsys):
+    """The card's prompting snippet, run as written on a saved model whose thoughts never close in 8 tokens: the
+    continuation comes after a closed thought (it used to continue the open thought, and the model wrote <think>
+    again)."""
+    import torch
+
+    from rlp_trl import RLPTrainer
+
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=1), train_dataset=tiny_corpus(12))
+    trainer.save_model(str(tmp_path / "model"))
+    card = (tmp_path / "model" / "README.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0].replace('"<this folder or its Hub id>"',
+                                                                    repr(str(tmp_path / "model")))
+    torch.manual_seed(0)
+    ran = {}
+    exec(compile(snippet, "card-snippet", "exec"), ran)  # noqa: S102 - the card's own code, as a user runs it
+    text = capsys.readouterr().out
+    # this thought ran to the limit (8 tokens, no </think>) and the snippet closed it before continuing the text
+    assert ran["thought"].size(1) == ran["ids"].size(1) + 8 + 1 and ran["thought"][0, -1].item() == ran["close"]
+    assert "</think>" in text.split("<think>", 1)[1], text
+
+
+def test_gguf_name_is_not_left_in_the_converted_config(tmp_path):
+    from rlp_trl.tools.assets import drop_gguf_config_keys
+
+    (tmp_path / "config.json").write_text(json.dumps({"_model_name_or_path": "Smollm2 135M 8k Lc100K Mix1 Ep2",
+                                                      "model_type": "llama"}))
+    assert drop_gguf_config_keys(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text()) == {"model_type": "llama"}
+    assert not drop_gguf_config_keys(tmp_path)  # nothing left to remove
 
 
 def test_card_names_the_embedded_base_model(tmp_path):

