@@ -64,7 +64,7 @@ assets: setup
 	$(PY) -m rlp_trl.tools.assets
 
 demo: assets
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	$(VENV)/bin/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		examples/train_rlp.py --config examples/configs/demo_cpu.yaml
 
 # The whole suite in the main environment, then the `compat` subset in the oldest-versions one (both: CI).

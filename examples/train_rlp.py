@@ -1,6 +1,6 @@
 """Train a base model with RLP (arXiv 2510.01265) on a plain-text corpus.
 
-    accelerate launch examples/train_rlp.py --config examples/configs/demo_cpu.yaml        # offline CPU demo
+    accelerate launch -q examples/train_rlp.py --config examples/configs/demo_cpu.yaml     # offline CPU demo
     accelerate launch --config_file <accelerate config> examples/train_rlp.py \
         --config examples/configs/paper_qwen3_1.7b.yaml --dataset_name <corpus>               # the paper's settings
 

@@ -472,3 +472,33 @@ def test_claiming_the_output_dir_checks_the_launch(tmp_path, monkeypatch):
           claimed_output_dir(OneProcess(), str(tmp_path / "out"), None)):
         pass
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------- issue 21, items 2 and 7: the docs
+def test_copied_single_process_commands_use_accelerate_quiet():
+    """Under `accelerate launch` a user error is followed by accelerate's CalledProcessError traceback unless `-q`."""
+    for path in ("README.md", "Makefile", "docs/quickstart.md", "examples/train_rlp.py"):
+        text = open(os.path.join(REPO, path), encoding="utf-8").read()
+        commands = [line for line in text.splitlines() if re.match(r"^\s*(\$\(VENV\)/bin/)?accelerate launch ", line)
+                    and "--num_processes 8" not in line and "--config_file" not in line]
+        assert commands, path
+        assert all(re.search(r"accelerate launch -q ", line) for line in commands), (path, commands)
+
+
+def test_docs_stand_alone_and_say_what_the_metrics_mean():
+    docs = [os.path.join("docs", f) for f in os.listdir(os.path.join(REPO, "docs")) if f.endswith(".md")]
+    for path in ["README.md", *docs]:
+        if path.endswith("learning_curve.md"):  # its one ../shared citation is fixed with that page's own update
+            continue
+        assert "../shared" not in open(os.path.join(REPO, path), encoding="utf-8").read(), path
+    quickstart = open(os.path.join(REPO, "docs", "quickstart.md"), encoding="utf-8").read()
+    table = quickstart.split("## Reading the metrics")[1].split("\n\n")[2]
+    assert table.splitlines()[0] == "| metric | meaning | good is |"
+    for metric in ("rlp/nonfinite_rewards", "rlp/runaway_flags", "rlp/skipped_steps", "completions/*",
+                   "rlp/reader_nll", "rlp/nothink_nll"):
+        assert f"`{metric}`" in table, metric
+    assert "almost every thought runs to the length limit" not in quickstart
+    cluster = open(os.path.join(REPO, "docs", "cluster.md"), encoding="utf-8").read()
+    for flag in ("--num_machines", "--machine_rank", "--main_process_ip", "--nnodes", "--node_rank"):
+        assert flag in cluster, flag
+    assert "has not run at the paper's scale" in cluster and "## A smaller budget" in cluster
