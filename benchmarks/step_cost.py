@@ -303,7 +303,8 @@ def corpus_tokens(name: str, tokenizer, needed: int) -> list[int]:
     else:
         from rlp_trl.tools.assets import default_corpus_path
 
-        with open(default_corpus_path()) as f:
+        # RLP_BENCH_CORPUS: a .jsonl of {"text": ...} rows (the GPU check carries the embedded corpus that way)
+        with open(os.environ.get("RLP_BENCH_CORPUS") or default_corpus_path()) as f:
             texts = [json.loads(line)["text"] for line in f]
     ids: list[int] = []
     for text in texts:

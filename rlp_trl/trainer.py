@@ -440,6 +440,12 @@ class RLPTrainer(GRPOTrainer):
         if self.is_world_process_zero():
             write_card(self, self.args.output_dir, model_name, dataset_name)
 
+    def end(self):
+        """`Trainer.end` where transformers has it (5.18+); before that, the trackers are finished by accelerate."""
+        if hasattr(GRPOTrainer, "end"):
+            return super().end()
+        self.accelerator.end_training()
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
