@@ -121,3 +121,21 @@ def nothink_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mas
     logits = model(input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask), logits_to_keep=horizon).logits
     logps = torch.log_softmax(logits.float(), -1)
     return logps[rows].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def likelihood_loss(logps: LikelihoodLogps, inputs: dict, args, model, open_len: int, autocast):
+    """`reader_nll_coef` x the reader NLL + `nothink_nll_coef` x the no-think NLL for one micro-batch, and the NLLs
+    to log (`rlp/reader_nll`, `rlp/nothink_nll`, detached). The no-think log-probs come with `logps` for H = 1; for
+    H > 1 they take `nothink_logps`' extra forward (only when their coefficient is set)."""
+    nothink = logps.nothink
+    if args.nothink_nll_coef and nothink is None:
+        with autocast():
+            nothink = nothink_logps(model, inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                    inputs["completion_mask"], open_len, args.reward_horizon)
+    loss, logged = 0.0, {}
+    for name, term, coef in (("rlp/reader_nll", logps.reader, args.reader_nll_coef),
+                             ("rlp/nothink_nll", nothink, args.nothink_nll_coef)):
+        if term is not None:
+            nll = likelihood_nll(term, args.reward_discount).mean()
+            loss, logged[name] = loss + coef * nll, nll.detach()
+    return loss, logged

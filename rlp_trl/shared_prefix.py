@@ -110,6 +110,26 @@ def packable(unwrapped) -> bool:
     return config._attn_implementation in ("sdpa", "eager") and layer_types == {"full_attention"} and not windowed
 
 
+def segments_per_sequence(config, prompt_len: int, width: int, group: int) -> int:
+    """How many rows of one prompt to pack into one sequence: the k in 1..`group` with the fewest estimated forward
+    FLOPs per row, (a L + b L^2) / k for L = P - 1 + k (C + 1), with a = 2 x the layers' matmul weights per token and
+    b = 4 x layers x attention width per query-key pair (a dense mask computes every pair). k = 1 is the per-row pass's
+    cost: packing then does not pay (long completions next to a short prompt, docs/performance.md)."""
+    config = config.get_text_config()
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    attention = heads * (getattr(config, "head_dim", None) or hidden // heads)
+    a, b = 2 * layers * (4 * hidden * attention + 3 * hidden * inner), 4 * layers * attention
+
+    def per_row(k):
+        length = prompt_len - 1 + k * width
+        return (a * length + b * length**2) / k
+
+    return min(range(1, group + 1), key=per_row)
+
+
 def packed_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, compute_entropy, autocast,
                  request: LikelihoodRequest | None = None):
     """Log-probs (and entropies; the likelihood terms' log-probs for a `request`) of the last `logits_to_keep` tokens
@@ -119,7 +139,9 @@ def packed_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, co
     completion, width C + 1); a 4D mask lets a segment see the prompt and its own past only, and each token keeps the
     position it was sampled at. No KV cache is re-used, so gradient checkpointing, DeepSpeed ZeRO and FSDP run it as
     any forward (ZeRO-3 gathers the weights once). Log-probs, entropies and gradients equal the per-row pass up to
-    float rounding; the prompt is computed once instead of G times.
+    float rounding; the prompt is computed once per sequence instead of once per row. The dense mask makes attention
+    cost the square of the sequence, so a prompt's rows go k to a sequence (`segments_per_sequence`), and not at all
+    (None) where packing would cost more than the per-row pass.
     """
     prompt_len, width = input_ids.size(1) - logits_to_keep, logits_to_keep + 1
     if prompt_len < 2:
@@ -129,10 +151,15 @@ def packed_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, co
     if unique.size(0) == input_ids.size(0):
         return None
     device, n = input_ids.device, input_ids.size(0)
-    # slot s of row r: r is the s-th row (in order) with its prompt; its segment starts at P - 1 + s * width
+    # slot s of row r: r is the s-th row (in order) with its prompt; rows of a prompt are packed k to a sequence
     same = rows[:, None] == rows[None, :]
     slot = (same & (torch.arange(n, device=device)[None, :] < torch.arange(n, device=device)[:, None])).sum(1)
-    length = prompt_len - 1 + (slot.max().item() + 1) * width
+    k = segments_per_sequence(causal_lm(unwrapped).config, prompt_len, width, int(slot.max()) + 1)
+    if k == 1:
+        return None
+    packs, rows = torch.unique(torch.stack([rows, slot // k], 1), dim=0, return_inverse=True)
+    unique, slot = unique[packs[:, 0]], slot % k  # one packed sequence per (prompt, chunk of k rows)
+    length = prompt_len - 1 + (int(slot.max()) + 1) * width
     cols = (prompt_len - 1 + slot * width)[:, None] + torch.arange(width, device=device)
     prefix_mask = unique[:, prompt_len - 1 :]
     ids = input_ids.new_zeros(unique.size(0), length)
@@ -171,7 +198,7 @@ def packed_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, co
         nothink = None
         if request.nothink:
             x_t = completion_ids.gather(1, completion_mask.sum(1, keepdim=True) - request.horizon)
-            last_context = hidden[0][rows, prompt_len - 1 - request.open_len]
+            last_context = hidden[0][rows, prompt_len - 1 - request.open_len]  # rows: each row's packed sequence
             nothink = head_logps(lm, last_context, x_t[:, 0])[:, None]
         extra = LikelihoodLogps(reader, nothink)
     return logps, entropy, extra

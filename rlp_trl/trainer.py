@@ -11,6 +11,9 @@ checks it against `rlp_trl.loss.clipped_thought_loss`), logging and checkpointin
   and advantages (eqs. 5, 7) -> TRL's loss inputs, the action (thought, sampled `</think>`) as `tool_mask`;
 * the EMA teacher (`rlp_trl.teacher`): lazily built, updated after every optimizer step, saved with checkpoints.
 """
+# size: RLPTrainer still wires the run's guarantees (lock, resume, signals, atomic checkpoints) into train/save/load;
+# they belong in a package of their own, composed around the trainer, which would leave the algorithm here alone.
+
 
 import contextlib
 import functools
@@ -29,7 +32,7 @@ from ._trl_compat import check_trl_compat
 from .config import RLPConfig
 from .data import to_position_dataset
 from .loading import disable_attention_dropout, kv_cache_on, load_policy
-from .likelihood import LikelihoodRequest, likelihood_nll, nothink_logps
+from .likelihood import LikelihoodRequest, likelihood_loss
 from .generation import (
     hf_generation_config, prefix_shared_sample, training_prefix_sharing, uses_prefix_sharing, vllm_stop_kwargs,
 )
@@ -65,9 +68,6 @@ def _reward_computed_in_batch(*args, **kwargs):
     raise RuntimeError("the RLP information gain is computed inside RLPTrainer, not as a reward function")
 
 
-# RLPTrainer is ~330 lines, over the ~200 a class should aim for: it is the one place where GRPOTrainer's hooks are
-# overridden (construction, the RLP step, the log-prob pass, train/save/resume), and each method is a few named calls
-# into the modules that do the work; splitting it would bring back the mixins issue 11 removed.
 class RLPTrainer(GRPOTrainer):
     """Reinforcement Learning Pretraining (RLP) trainer: GRPO's machinery, RLP's reward, advantage and loss.
 
@@ -361,23 +361,11 @@ class RLPTrainer(GRPOTrainer):
             likelihood = self._likelihood_logps
         finally:
             self._likelihood_request = self._likelihood_logps = None
-        nothink = likelihood.nothink
-        if args.nothink_nll_coef and nothink is None:  # H > 1: x_{t+1}.. need their own no-think prefixes
-            with self.accelerator.autocast():
-                nothink = nothink_logps(
-                    self.accelerator.unwrap_model(model), inputs["prompt_ids"], inputs["prompt_mask"],
-                    inputs["completion_ids"], inputs["completion_mask"], len(self.think_open_ids), horizon,
-                )
         mode = "train" if self.model.training else "eval"
-        terms = [("rlp/reader_nll", likelihood.reader, args.reader_nll_coef),
-                 ("rlp/nothink_nll", nothink, args.nothink_nll_coef)]
-        extra = 0.0
-        for name, logps, coef in terms:
-            if logps is None:
-                continue
-            nll = likelihood_nll(logps, args.reward_discount).mean()
-            extra = extra + coef * nll
-            self._metrics[mode][name].append(self.accelerator.gather(nll.detach()[None]).mean().item())
+        extra, nlls = likelihood_loss(likelihood, inputs, args, self.accelerator.unwrap_model(model),
+                                      len(self.think_open_ids), self.accelerator.autocast)
+        for name, nll in nlls.items():
+            self._metrics[mode][name].append(self.accelerator.gather(nll[None]).mean().item())
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0  # as TRL scales eq. 8
         return loss + extra / normalizer
 
