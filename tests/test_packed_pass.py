@@ -115,3 +115,38 @@ def test_trainer_packs_under_gradient_checkpointing_and_trains(tiny_model_dir, t
     assert trainer.state.global_step == 1
     args.prefix_sharing = False
     assert training_prefix_sharing(trainer, trainer.model) is None
+
+
+def test_rows_per_packed_sequence_follow_the_flop_estimate():
+    """Dense-mask attention grows with the square of the packed length: a short prompt behind long completions keeps
+    the per-row pass (k = 1), the paper's shapes pack a few rows per sequence, short thoughts pack the whole group."""
+    from transformers import LlamaConfig
+
+    from rlp_trl.shared_prefix import segments_per_sequence
+
+    qwen = LlamaConfig(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128)  # Qwen3-1.7B's shape
+    smol = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                       num_key_value_heads=3)  # SmolLM2-135M's shape
+    assert segments_per_sequence(smol, 513, 66, 8) == 8  # the CPU headline shape: one sequence per group
+    assert segments_per_sequence(qwen, 2049, 67, 16) == 16
+    assert 1 < segments_per_sequence(qwen, 2049, 2051, 16) < 16  # the paper's 2048-token thoughts: a few per sequence
+    assert segments_per_sequence(smol, 129, 514, 4) == 1  # packing would cost more than the per-row pass
+
+
+def test_chunked_packing_equals_the_per_row_pass(tiny_model_dir, monkeypatch):
+    """With fewer rows per sequence than the group (two sequences for one prompt), values and gradients still
+    equal the per-row pass."""
+    import rlp_trl.shared_prefix as shared_prefix
+
+    monkeypatch.setattr(shared_prefix, "segments_per_sequence", lambda config, p, w, group: 2)
+    model = _load(tiny_model_dir, "sdpa", False, False)
+    ids, mask, width = _batch(pad_id=0)
+    request = LikelihoodRequest(horizon=1, open_len=1, nothink=True)
+    fast, fast_ent, fast_extra, fast_grads = _run(shared_prefix.packed_logps, model, ids, mask, width, request)
+    slow, slow_ent, slow_extra, slow_grads = _run(padded_logps, model, ids, mask, width, request)
+    real = mask[:, -width:].bool()
+    torch.testing.assert_close(fast[real], slow[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_extra.nothink, slow_extra.nothink, rtol=0, atol=1e-5)
+    for name in slow_grads:
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-5)
