@@ -60,6 +60,7 @@ class CurveArguments:
     think_close_in_loss: bool = field(default=True, metadata={"help": "RLPConfig.think_close_in_loss."})
     reader_nll_coef: float = field(default=0.0, metadata={"help": "RLPConfig.reader_nll_coef (0: the paper)."})
     nothink_nll_coef: float = field(default=0.0, metadata={"help": "RLPConfig.nothink_nll_coef (0: the paper)."})
+    think_marker_lr_multiplier: float = field(default=1.0, metadata={"help": "RLPConfig.think_marker_lr_multiplier."})
     eval_corpus: str = field(
         default="heldout", metadata={"help": "'heldout': the held-out ~10% of the embedded corpus; 'champ': CHAMP "
                                              "competition problems with their worked solutions (math text in another "
@@ -120,7 +121,7 @@ def train(args: CurveArguments, base: str, train_docs) -> tuple[list[tuple[int, 
         think_token_init=args.think_token_init, think_open_init=args.think_open_init,
         think_close_init=args.think_close_init, think_markers_as_text=args.think_markers_as_text,
         think_close_in_loss=args.think_close_in_loss, reader_nll_coef=args.reader_nll_coef,
-        nothink_nll_coef=args.nothink_nll_coef, logging_steps=1, save_strategy="no", report_to=[],
+        nothink_nll_coef=args.nothink_nll_coef, think_marker_lr_multiplier=args.think_marker_lr_multiplier, logging_steps=1, save_strategy="no", report_to=[],
         bf16=False, gradient_checkpointing=False, seed=args.seed, use_cpu=True,
     )
     trainer = RLPTrainer(base, args=config, train_dataset=train_docs)
@@ -240,9 +241,10 @@ def label(result: dict) -> str:
     """A run's name from its likelihood-term settings."""
     s = result["settings"]
     reader, nothink = s.get("reader_nll_coef", 0.0), s.get("nothink_nll_coef", 0.0)
-    if not reader and not nothink:
-        return "paper-exact"
-    return " + ".join([f"reader {reader:g}"] * bool(reader) + [f"no-think {nothink:g}"] * bool(nothink))
+    marker = s.get("think_marker_lr_multiplier", 1.0)
+    parts = [f"reader {reader:g}"] * bool(reader) + [f"no-think {nothink:g}"] * bool(nothink)
+    parts += [f"marker lr x{marker:g}"] * (marker != 1.0)
+    return " + ".join(parts) or "paper-exact"
 
 
 def smooth(values, k):
