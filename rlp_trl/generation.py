@@ -175,9 +175,9 @@ def loss_pass_sharing(unwrapped, wrapped: bool) -> str | None:
 
 
 def training_prefix_sharing(trainer, model) -> str | None:
-    """`loss_pass_sharing` for one of the trainer's log-prob passes: None when `prefix_sharing` is off or `model` is
-    not the policy (a separate reference model keeps TRL's pass)."""
-    if not trainer.args.prefix_sharing or model not in (trainer.model, trainer.model_wrapped):
+    """`loss_pass_sharing` for one of the trainer's log-prob passes (the loss, theta_old, the reference model's for
+    beta > 0): None when `prefix_sharing` is off or `model` is none of these."""
+    if not trainer.args.prefix_sharing or model not in (trainer.model, trainer.model_wrapped, trainer.ref_model):
         return None
     unwrapped = trainer.accelerator.unwrap_model(model)
     checkpointing = trainer.args.gradient_checkpointing or getattr(unwrapped, "is_gradient_checkpointing", False)

@@ -16,7 +16,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .likelihood import LikelihoodLogps, LikelihoodRequest, causal_lm, head_logps, last_hidden_states, reader_logps
-from .scoring import mask_positions
+from .scoring import mask_positions, pad_rows, score_last_tokens
 
 
 def _hidden_states(unwrapped, request):
@@ -229,3 +229,25 @@ def policy_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, ba
         nothink = [e.nothink for e in extras]
         extra = LikelihoodLogps(torch.cat([e.reader for e in extras]), torch.cat(nothink) if request.nothink else None)
     return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, extra
+
+
+@torch.no_grad()
+def completion_scores(model, input_ids, attention_mask, logits_to_keep, horizon: int, batch_size: int, share: bool,
+                      pad_id: int):
+    """`[N, H]` temperature-1 log-probs of the last `horizon` completion tokens (S_pred, eq. 3, when the sampler could
+    not score them in its cache), in chunks of `batch_size` rows: one packed forward per distinct prompt when `share`
+    (`packed_logps` with the reader request: the same head products as the reader term), else one forward per row."""
+    out = []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids, mask = input_ids[start : start + batch_size], attention_mask[start : start + batch_size]
+        packed = None
+        if share:
+            request = LikelihoodRequest(horizon, open_len=1, nothink=False)
+            packed = packed_logps(model, model, ids, mask, logits_to_keep, False, contextlib.nullcontext, request)
+        if packed is not None:
+            out.append(packed[2].reader.float())
+            continue
+        rows = [row[m.bool()].tolist() for row, m in zip(ids, mask)]  # prompt + completion, padded on the left
+        padded, padded_mask = pad_rows(rows, pad_id, ids.device)
+        out.append(score_last_tokens(model, padded, padded_mask, horizon, padded.size(0)))
+    return torch.cat(out)

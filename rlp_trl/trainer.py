@@ -54,7 +54,7 @@ from .resilience import (
 from .rewards import group_advantages, information_gain, prefix_match_reward
 from .rollouts import Completions, Rollouts, ThoughtCutter, Thoughts, cut_thoughts, pack_for_trl, tensorize, vllm_is_ratio
 from .scoring import pad_rows, score_last_tokens, score_sequence_ends
-from .shared_prefix import policy_logps
+from .shared_prefix import completion_scores, packable, policy_logps
 from .surprise import make_position_scorer
 from .teacher import EMAUpdateCallback, build_teacher
 from .tokens import ensure_pad_token
@@ -218,7 +218,7 @@ class RLPTrainer(GRPOTrainer):
         )
         batch = tensorize(rollouts.prompt_ids, thoughts, self._tokenizer.pad_token_id, device)
         with torch.no_grad():
-            reasoned = self._score_reasoned(unwrapped, rollouts, thoughts, batch_size)  # S_pred, eq. 3
+            reasoned = self._score_reasoned(unwrapped, rollouts, batch, batch_size)  # S_pred, eq. 3
             contexts = [list(x["context_ids"]) + y for x, y in zip(inputs, targets)]
             baseline = self._score_no_think(unwrapped, contexts, batch_size)  # S_ema, eq. 4
             old_logps, ref_logps = self._behaviour_logps(batch, batch_size)
@@ -278,14 +278,16 @@ class RLPTrainer(GRPOTrainer):
         return Rollouts(prompts, sample.completion_ids, suffix_logps=sample.suffix_logps,
                         prefill_tokens=sample.prefill_tokens, decode_tokens=sample.decode_tokens)
 
-    def _score_reasoned(self, model, rollouts: Rollouts, thoughts: Thoughts, batch_size: int) -> torch.Tensor:
+    def _score_reasoned(self, model, rollouts: Rollouts, batch: Completions, batch_size: int) -> torch.Tensor:
         """S_pred (eq. 3): the policy, after its thought and </think>, scores the true token(s) at temperature 1; read
-        from the sampler's KV cache when it could, else one forward over prompt + completion."""
+        from the sampler's KV cache when it could, else from one packed forward per distinct prompt (prefix sharing
+        on: vLLM, continuous batching, text markers), else one forward over each row's prompt + completion."""
         if rollouts.suffix_logps is not None:
             return rollouts.suffix_logps[:, 1:].to(self.accelerator.device)
-        rows = [p + c for p, c in zip(rollouts.prompt_ids, thoughts.completions)]
-        ids, mask = pad_rows(rows, self._tokenizer.pad_token_id, self.accelerator.device)
-        return score_last_tokens(model, ids, mask, self.args.reward_horizon, batch_size)
+        return completion_scores(
+            model, batch.input_ids, batch.attention_mask, batch.completion_ids.size(1), self.args.reward_horizon,
+            batch_size, share=self.args.prefix_sharing and packable(model), pad_id=self._tokenizer.pad_token_id,
+        )
 
     def _score_no_think(self, model, contexts: list[list[int]], batch_size: int) -> torch.Tensor:
         """S_ema (eq. 4): one teacher pass per distinct context (shared by its G rollouts, and by the positions of the

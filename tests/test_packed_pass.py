@@ -150,3 +150,47 @@ def test_chunked_packing_equals_the_per_row_pass(tiny_model_dir, monkeypatch):
     torch.testing.assert_close(fast_extra.nothink, slow_extra.nothink, rtol=0, atol=1e-5)
     for name in slow_grads:
         torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-4, atol=1e-5)
+
+
+def test_s_pred_without_the_sampler_cache_is_packed_and_equals_the_per_row_scores(tiny_model_dir, tmp_path, tiny_docs):
+    """Text markers (and vLLM) leave S_pred to a forward pass: with prefix sharing it is one packed forward per
+    distinct prompt, equal to scoring every row's prompt + completion on its own."""
+    from rlp_trl.shared_prefix import completion_scores
+
+    args = tiny_config(tmp_path, think_open="<reason>", think_close="</reason>", think_markers_as_text=True,
+                       reward_horizon=2)
+    trainer = RLPTrainer(tiny_model_dir, args=args, train_dataset=tiny_docs)
+    inputs = next(iter(trainer.get_train_dataloader()))
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions(inputs)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    model, width = trainer.accelerator.unwrap_model(trainer.model), batch["completion_ids"].size(1)
+    packed = completion_scores(model, ids, mask, width, 2, 64, share=True, pad_id=0)
+    per_row = completion_scores(model, ids, mask, width, 2, 64, share=False, pad_id=0)
+    assert packed.shape == per_row.shape == (ids.size(0), 2)
+    torch.testing.assert_close(packed, per_row, rtol=0, atol=1e-5)
+    by_hand = []
+    for row, m in zip(ids, mask):
+        tokens = row[m.bool()][None]
+        logps = torch.log_softmax(model(input_ids=tokens).logits[0, -3:-1].float(), -1)
+        by_hand.append(logps.gather(-1, tokens[0, -2:, None]).squeeze(-1))
+    torch.testing.assert_close(packed, torch.stack(by_hand), rtol=0, atol=1e-5)
+
+
+def test_the_reference_model_pass_shares_its_prompts_too(tiny_model_dir, tmp_path, tiny_docs):
+    """beta > 0 (the KL ablation): the reference model's log-probs come from the shared pass and equal TRL's."""
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, beta=0.04), train_dataset=tiny_docs)
+    assert trainer.ref_model is not None and training_prefix_sharing(trainer, trainer.ref_model) == "cache"
+    inputs = next(iter(trainer.get_train_dataloader()))
+    batch = trainer._generate_and_score_completions(inputs)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    width = batch["completion_ids"].size(1)
+    with torch.no_grad():
+        shared = trainer._get_per_token_logps_and_entropies(trainer.ref_model, ids, mask, width)[0]
+        trainer.args.prefix_sharing = False
+        plain = trainer._get_per_token_logps_and_entropies(trainer.ref_model, ids, mask, width)[0]
+    real = batch["completion_mask"].bool()
+    torch.testing.assert_close(shared[real], plain[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(batch["ref_per_token_logps"][real], shared[real], rtol=0, atol=1e-5)
