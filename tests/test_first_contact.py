@@ -488,8 +488,6 @@ def test_copied_single_process_commands_use_accelerate_quiet():
 def test_docs_stand_alone_and_say_what_the_metrics_mean():
     docs = [os.path.join("docs", f) for f in os.listdir(os.path.join(REPO, "docs")) if f.endswith(".md")]
     for path in ["README.md", *docs]:
-        if path.endswith("learning_curve.md"):  # its one ../shared citation is fixed with that page's own update
-            continue
         assert "../shared" not in open(os.path.join(REPO, path), encoding="utf-8").read(), path
     quickstart = open(os.path.join(REPO, "docs", "quickstart.md"), encoding="utf-8").read()
     table = quickstart.split("## Reading the metrics")[1].split("\n\n")[2]
