@@ -60,3 +60,17 @@ def test_random_config_models():
     for bad in ("random:512", "random:500x2"):
         with pytest.raises(SystemExit, match="random:"):
             step_cost.load_model(bad)
+
+
+def test_loss_pass_benchmark_runs_every_layout(tmp_path):
+    """benchmarks/loss_pass.py times TRL's per-row pass, the KV-cache pass and the packed pass on one group."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import loss_pass
+
+    out = tmp_path / "loss_pass.json"
+    result = loss_pass.main(["--model", "tiny", "--G", "4", "--context", "24", "--thought", "6", "--reps", "2",
+                             "--gradient-checkpointing", "--json", str(out)])
+    assert json.loads(out.read_text())["median_s"] == result["median_s"]
+    assert set(result["seconds"]) == {"per_row", "packed"}  # no KV cache under checkpointing
+    assert all(len(s) == 2 and min(s) > 0 for s in result["seconds"].values())
+    assert math.isclose(result["per_row_over_packed"], result["median_s"]["per_row"] / result["median_s"]["packed"])
