@@ -194,3 +194,27 @@ def test_the_reference_model_pass_shares_its_prompts_too(tiny_model_dir, tmp_pat
     real = batch["completion_mask"].bool()
     torch.testing.assert_close(shared[real], plain[real], rtol=0, atol=1e-5)
     torch.testing.assert_close(batch["ref_per_token_logps"][real], shared[real], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"], ids=["zero2", "zero3"])
+def test_packed_pass_equals_the_per_row_pass_under_deepspeed(config, tiny_model_dir, tmp_path):
+    """A real run under DeepSpeed (one CPU process, gradient checkpointing on): the trainer's shared pass is the packed
+    one, and through the engine it gives the per-row pass's log-probs and entropies."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    report = tmp_path / "report.json"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "-q", "--config_file",
+           os.path.join(root, "examples", "accelerate_configs", config), "--num_processes", "1",
+           "--mixed_precision", "no", "--main_process_port", "0", os.path.join(root, "tests", "packed_zero_worker.py")]
+    env = {**os.environ, "RLP_REPORT": str(report), "RLP_OUTPUT": str(tmp_path / "out"), "RLP_TINY_MODEL": tiny_model_dir,
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    result = json.loads(report.read_text())
+    assert result["mode"] == "packed" and result["trained_steps"] == 1
+    assert result["zero_stage"] == int(config[len("deepspeed_zero")])
+    assert result["logps"] < 1e-5 and result["entropies"] < 1e-5
