@@ -93,13 +93,17 @@ def scored_columns(completion_mask: torch.Tensor, horizon: int) -> torch.Tensor:
     return lengths - horizon + torch.arange(horizon, device=completion_mask.device)
 
 
-def reader_logps(lm, hidden: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor, horizon: int,
-                 offset: int) -> torch.Tensor:
-    """`[N, H]` log p(x_t.. | context, thought, </think>) from a pass whose hidden state at column `offset + j`
-    predicts completion token j."""
-    cols = scored_columns(completion_mask, horizon)
-    rows = torch.arange(hidden.size(0), device=hidden.device)[:, None]
-    return head_logps(lm, hidden[rows, cols + offset], completion_ids.gather(1, cols))
+def pass_logps(lm, request: LikelihoodRequest, completion_ids, completion_mask, completion_hidden: torch.Tensor,
+               context_hidden: torch.Tensor) -> LikelihoodLogps:
+    """The likelihood terms' log-probs from one pass's hidden states, whatever its layout: `completion_hidden[:, j]`
+    is the state that predicts completion token j (`[N, C + 1, d]`), `context_hidden` the state of each row's last
+    context token (`[N, d]`), which predicts x_t without a thought."""
+    cols = scored_columns(completion_mask, request.horizon)
+    rows = torch.arange(cols.size(0), device=cols.device)[:, None]
+    targets = completion_ids.gather(1, cols)
+    reader = head_logps(lm, completion_hidden[rows, cols], targets)
+    nothink = head_logps(lm, context_hidden, targets[:, 0])[:, None] if request.nothink else None
+    return LikelihoodLogps(reader, nothink)
 
 
 def likelihood_nll(logps: torch.Tensor, discount: float) -> torch.Tensor:

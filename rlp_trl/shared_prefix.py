@@ -1,13 +1,19 @@
-"""Per-token log-probs of completions with one forward of each distinct prompt (the loss pass, eq. 8).
+"""Per-token log-probs of completions with one forward of each distinct prompt (the loss pass, eq. 8, theta_old, the
+reference model, and S_pred where the sampler could not score it).
 
 TRL's `_get_per_token_logps_and_entropies` runs every row's prompt + completion through the model. The G rows of a
-context share their prompt, so here each distinct prompt (minus its last token) runs once with a KV cache, the cache
-is indexed out to the rows, and the rows run only their last prompt token + completion on top of it. Autograd sums
-the G rows' gradients into the one prompt pass, so log-probs, entropies and gradients are those of the full pass (same
-positions, masks and fused LM head) up to float rounding; the prompt costs 1/G of the compute and activations.
+context share their prompt, so here each distinct prompt runs once, in one of two layouts:
 
-Both passes (and `padded_logps`, the plain pass used when nothing is shared) run every row at the positions its tokens
-were sampled at (`mask_positions`): left padding does not shift an absolute-position model (GPT-2, OPT).
+* `shared_prefix_logps`: the prompt (minus its last token) runs with a KV cache, the cache is indexed out to the rows,
+  and the rows run their last prompt token + completion on top of it (fastest where it can run: a plain model);
+* `packed_logps`: the prompt and k of its rows' segments in one sequence under a 4D mask, one ordinary forward (under
+  gradient checkpointing, DeepSpeed and FSDP, which cannot re-extend a cache).
+
+Autograd sums the rows' gradients into the one prompt, so log-probs, entropies and gradients are those of the full
+pass (same positions, masks and fused LM head) up to float rounding. Every layout (and `padded_logps`, the plain pass
+used when nothing is shared) runs each row at the positions its tokens were sampled at (`mask_positions`): left
+padding does not shift an absolute-position model (GPT-2, OPT). With a `LikelihoodRequest`, each also returns the
+temperature-1 log-probs of the likelihood terms from its own hidden states (`rlp_trl.likelihood`).
 """
 
 import contextlib
@@ -15,7 +21,7 @@ import contextlib
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .likelihood import LikelihoodLogps, LikelihoodRequest, causal_lm, head_logps, last_hidden_states, reader_logps
+from .likelihood import LikelihoodLogps, LikelihoodRequest, causal_lm, last_hidden_states, pass_logps
 from .scoring import mask_positions, pad_rows, score_last_tokens
 
 
@@ -38,15 +44,10 @@ def padded_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, co
         )
     entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
     extra = None
-    if request is not None:
-        prompt_len, lm = input_ids.size(1) - logits_to_keep, causal_lm(unwrapped)
-        completion_ids, completion_mask = input_ids[:, prompt_len:], attention_mask[:, prompt_len:]
-        reader = reader_logps(lm, hidden[0], completion_ids, completion_mask, request.horizon, prompt_len - 1)
-        nothink = None
-        if request.nothink:  # the context's last token predicts x_t (the first scored token)
-            x_t = completion_ids.gather(1, completion_mask.sum(1, keepdim=True) - request.horizon)
-            nothink = head_logps(lm, hidden[0][:, prompt_len - 1 - request.open_len], x_t[:, 0])[:, None]
-        extra = LikelihoodLogps(reader, nothink)
+    if request is not None:  # column P - 1 + j predicts completion token j; the prompt ends with context + open marker
+        prompt_len = input_ids.size(1) - logits_to_keep
+        extra = pass_logps(causal_lm(unwrapped), request, input_ids[:, prompt_len:], attention_mask[:, prompt_len:],
+                           hidden[0][:, prompt_len - 1 :], hidden[0][:, prompt_len - 1 - request.open_len])
     return out.log_probs[:, -logits_to_keep:], entropy, extra
 
 
@@ -90,14 +91,8 @@ def shared_prefix_logps(model, unwrapped, input_ids, attention_mask, logits_to_k
     entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
     extra = None
     if request is not None:  # tail column j predicts completion token j; the prefix ends with the context
-        lm, completion_ids, completion_mask = causal_lm(unwrapped), input_ids[:, prompt_len:], attention_mask[:, prompt_len:]
-        reader = reader_logps(lm, tail_hidden[0], completion_ids, completion_mask, request.horizon, 0)
-        nothink = None
-        if request.nothink:
-            x_t = completion_ids.gather(1, completion_mask.sum(1, keepdim=True) - request.horizon)
-            last_context = prefix_hidden[0][:, prompt_len - 1 - request.open_len]
-            nothink = head_logps(lm, last_context[rows], x_t[:, 0])[:, None]
-        extra = LikelihoodLogps(reader, nothink)
+        extra = pass_logps(causal_lm(unwrapped), request, input_ids[:, prompt_len:], attention_mask[:, prompt_len:],
+                           tail_hidden[0], prefix_hidden[0][rows, prompt_len - 1 - request.open_len])
     return out.log_probs[:, -logits_to_keep:], entropy, extra
 
 
@@ -191,16 +186,9 @@ def packed_logps(model, unwrapped, input_ids, attention_mask, logits_to_keep, co
     logps = out.log_probs[rows[:, None], cols[:, :-1]]
     entropy = out.entropy[rows[:, None], cols[:, :-1]] if compute_entropy else None
     extra = None
-    if request is not None:
-        lm, completion_ids, completion_mask = causal_lm(unwrapped), input_ids[:, prompt_len:], attention_mask[:, prompt_len:]
-        row_hidden = hidden[0][rows[:, None], cols]  # [N, C + 1, d]: column j predicts completion token j
-        reader = reader_logps(lm, row_hidden, completion_ids, completion_mask, request.horizon, 0)
-        nothink = None
-        if request.nothink:
-            x_t = completion_ids.gather(1, completion_mask.sum(1, keepdim=True) - request.horizon)
-            last_context = hidden[0][rows, prompt_len - 1 - request.open_len]  # rows: each row's packed sequence
-            nothink = head_logps(lm, last_context, x_t[:, 0])[:, None]
-        extra = LikelihoodLogps(reader, nothink)
+    if request is not None:  # a row's segment column j predicts its completion token j; `rows`: its sequence
+        extra = pass_logps(causal_lm(unwrapped), request, input_ids[:, prompt_len:], attention_mask[:, prompt_len:],
+                           hidden[0][rows[:, None], cols], hidden[0][rows, prompt_len - 1 - request.open_len])
     return logps, entropy, extra
 
 
