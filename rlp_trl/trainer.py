@@ -52,8 +52,8 @@ from .resilience import (
     verify_state_finite,
 )
 from .rewards import group_advantages, information_gain, prefix_match_reward
-from .rollouts import Completions, Rollouts, ThoughtCutter, Thoughts, cut_thoughts, pack_for_trl, tensorize, vllm_is_ratio
-from .scoring import pad_rows, score_last_tokens, score_sequence_ends
+from .rollouts import Completions, Rollouts, ThoughtCutter, cut_thoughts, pack_for_trl, tensorize, vllm_is_ratio
+from .scoring import score_sequence_ends
 from .shared_prefix import completion_scores, packable, policy_logps
 from .surprise import make_position_scorer
 from .teacher import EMAUpdateCallback, build_teacher
