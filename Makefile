@@ -52,7 +52,8 @@ $(COMPAT_STAMP): setup.cfg pyproject.toml requirements-compat.txt $(DS_WHEEL)
 	touch $(COMPAT_STAMP)
 
 # DeepSpeed JIT-compiles two small CPU extensions on first use (shared-memory comm, CPU Adam for ZeRO-Offload; ~1-3 min
-# once, cached in ~/.cache/torch_extensions). Build them here so the distributed tests do not pay for it.
+# once, cached in ~/.cache/torch_extensions; ~5 min on a busy 2-core machine). Built here for the distributed tests;
+# the demo and the other single-process targets never use them and do not wait for them.
 DS_OPS := $(VENV)/.deepspeed_ops_built
 $(DS_OPS): $(STAMP)
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as a; [a().create_op_builder(n).load() for n in ('ShareMemCommBuilder', 'CPUAdamBuilder')]"
@@ -60,7 +61,7 @@ $(DS_OPS): $(STAMP)
 
 setup: $(STAMP) $(DS_OPS)
 
-assets: setup
+assets: $(STAMP)
 	$(PY) -m rlp_trl.tools.assets
 
 demo: assets
@@ -70,7 +71,7 @@ demo: assets
 # The whole suite in the main environment, then the `compat` subset in the oldest-versions one (both: CI).
 test: test-main test-compat
 
-test-main: assets
+test-main: assets $(DS_OPS)
 	$(PY) -m pytest -q tests
 
 test-compat: $(COMPAT_STAMP)
@@ -89,7 +90,7 @@ gpu-wheels: setup
 	PY=$(PY) bash benchmarks/gpu_check.sh --prepare
 
 # its CPU fallback here (the same steps, tiny sizes), in the main environment
-gpu-check-cpu: assets
+gpu-check-cpu: assets $(DS_OPS)
 	PY=$(PY) bash benchmarks/gpu_check.sh --cpu
 
 # base vs RLP vs compute-matched CPT on the embedded defaults, then rlp-eval + rlp-bench (docs/evaluation.md)

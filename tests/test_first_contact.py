@@ -500,3 +500,20 @@ def test_docs_stand_alone_and_say_what_the_metrics_mean():
     for flag in ("--num_machines", "--machine_rank", "--main_process_ip", "--nnodes", "--node_rank"):
         assert flag in cluster, flag
     assert "has not run at the paper's scale" in cluster and "## A smaller budget" in cluster
+
+
+def test_the_demo_does_not_wait_for_deepspeed_and_does_not_silently_retrain():
+    """`make demo` never builds DeepSpeed's CPU extensions (the distributed tests do); its config resumes with `auto`,
+    so a second `make demo` reports the finished run instead of training over it, and says what it leaves on disk."""
+    import subprocess
+
+    plan = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "create_op_builder" not in plan and "train_rlp.py" in plan
+    test_plan = subprocess.run(["make", "-n", "-W", "setup.cfg", "test-main"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout
+    assert "create_op_builder" in test_plan  # the suite still builds them
+    import yaml
+
+    demo = yaml.safe_load(open(os.path.join(REPO, "examples", "configs", "demo_cpu.yaml"), encoding="utf-8"))
+    assert demo["resume_from_checkpoint"] == "auto"
+    assert "GB" in open(os.path.join(REPO, "examples", "configs", "demo_cpu.yaml"), encoding="utf-8").read()
