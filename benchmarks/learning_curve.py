@@ -170,6 +170,9 @@ def summarize(args, snapshots, log, seconds, report) -> dict:
         "steps": [s for s, _ in snapshots],
         "checkpoints": per_checkpoint,
         "paired_diff_vs_base": ci(paired["info_gain"]),
+        # per held-out position (same positions and thought seeds in every run: runs compare pairwise too)
+        "per_position_info_gain": {"base": models[base_label]["per_position"]["info_gain"],
+                                   "last": models[last_label]["per_position"]["info_gain"]},
         "paired_doc_nll_diff_vs_base": ci(paired["doc_nll"]),
         "paired_nll_nothink_diff_vs_base": ci(paired["nll_nothink"]),
         "truncated_frac_first": window_mean(log, "rlp/thought_truncated_frac", True),
@@ -255,15 +258,26 @@ def table(results: list[dict]) -> str:
     """The markdown table of docs/learning_curve.md: one row per run, held-out numbers paired against the base."""
     ci = lambda d: f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"  # noqa: E731
     ci3 = lambda d: f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"  # noqa: E731
-    rows = ["| run | training gain, first -> last 10% | held-out gain (base) | held-out gain, paired vs base | thinking "
-            "helps (base -> run) | closed / at the limit / mean length (held out) | no-think NLL at the positions, "
-            "paired | whole-document NLL, paired |", "|---|---|---|---|---|---|---|---|"]
+    reference = results[0].get("per_position_info_gain")
+
+    def versus_first(r):  # the last snapshots of this run and of the first one, paired on the same positions
+        if r is results[0] or reference is None or "per_position_info_gain" not in r:
+            return "—"
+        if r["per_position_info_gain"]["base"] != reference["base"]:
+            return "(other positions)"
+        diff = [a - b for a, b in zip(r["per_position_info_gain"]["last"], reference["last"])]
+        return ci({k: float(v) for k, v in mean_ci(diff).items() if k != "n"})
+
+    rows = ["| run | training gain, first -> last 10% | held-out gain (base) | held-out gain, paired vs base | paired vs "
+            f"{label(results[0])} | thinking helps (base -> run) | closed / at the limit / mean length (held out) | "
+            "no-think NLL at the positions, paired | whole-document NLL, paired |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         cps = sorted(r["checkpoints"].values(), key=lambda c: c["step"])
         base, last = cps[0], cps[-1]
         rows.append(
             f"| {label(r)} | {r['train_info_gain_first']['mean']:+.2f} -> {r['train_info_gain_last']['mean']:+.2f} | "
             f"{last['info_gain']['mean']:+.2f} ({base['info_gain']['mean']:+.2f}) | **{ci(r['paired_diff_vs_base'])}** | "
+            f"{versus_first(r)} | "
             f"{base['thinking_helps_frac']['mean']:.0%} -> {last['thinking_helps_frac']['mean']:.0%} | "
             f"{last['thought_closed_frac']:.0%} / {last['thought_truncated_frac']:.0%} / {last['thought_length_mean']:.1f} | "
             f"{ci3(r['paired_nll_nothink_diff_vs_base'])} | {ci3(r['paired_doc_nll_diff_vs_base'])} |"
