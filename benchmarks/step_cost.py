@@ -142,12 +142,13 @@ class TimedRLP(_Timed, RLPTrainer):
 
 
 @torch.no_grad()
-def _naive_reasoned(model, input_ids, attention_mask, num_tokens, batch_size):
-    """S_pred one rollout at a time, full logits (the straightforward computation)."""
+def _naive_reasoned(model, input_ids, attention_mask, logits_to_keep, num_tokens, batch_size, share, pad_id):
+    """S_pred one rollout at a time, full logits (the straightforward computation; `completion_scores`' signature)."""
     rows = []
     for ids, mask in zip(input_ids, attention_mask):
-        logits = model(input_ids=ids[mask.bool()][None]).logits[0, -num_tokens - 1 : -1]
-        rows.append(torch.log_softmax(logits.float(), -1).gather(-1, ids[-num_tokens:, None]).squeeze(-1))
+        row = ids[mask.bool()]  # prompt + completion without padding
+        logits = model(input_ids=row[None]).logits[0, -num_tokens - 1 : -1]
+        rows.append(torch.log_softmax(logits.float(), -1).gather(-1, row[-num_tokens:, None]).squeeze(-1))
     return torch.stack(rows)
 
 
@@ -166,7 +167,7 @@ def _naive_baseline(model, sequences, num_tokens, batch_size, pad_id):
 class TimedNaiveRLP(TimedRLP):
     def _generate_and_score_completions(self, inputs):
         with (
-            mock.patch.object(rlp_trainer_module, "score_last_tokens", _naive_reasoned),
+            mock.patch.object(rlp_trainer_module, "completion_scores", _naive_reasoned),
             mock.patch.object(rlp_trainer_module, "score_sequence_ends", _naive_baseline),
         ):
             return super()._generate_and_score_completions(inputs)
