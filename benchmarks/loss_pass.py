@@ -1,4 +1,4 @@
-"""Time the three loss-pass layouts of `rlp_trl.shared_prefix` on one group, forward + backward, in one process.
+"""Time the three loss-pass layouts of `rlp_trl.fast.shared_prefix` on one group, forward + backward, in one process.
 
     python benchmarks/loss_pass.py [--model smollm2|tiny|<path>] [--G 8] [--context 512] [--thought 64]
                                    [--reps 4] [--threads 2] [--gradient-checkpointing] [--json out.json]
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 from trl.trainer.utils import add_fused_lm_head  # noqa: E402
 
-from rlp_trl.shared_prefix import packed_logps, padded_logps, shared_prefix_logps  # noqa: E402
+from rlp_trl.fast.shared_prefix import packed_logps, padded_logps, shared_prefix_logps  # noqa: E402
 
 LAYOUTS = {"per_row": padded_logps, "cache": shared_prefix_logps, "packed": packed_logps}
 

@@ -60,8 +60,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import rlp_trl.trainer as rlp_trainer_module
 from rlp_trl import RLPConfig, RLPTrainer
-from rlp_trl.generation import loss_pass_sharing, prefix_shared_sample
-from rlp_trl.shared_prefix import policy_logps
+from rlp_trl.fast.generation import loss_pass_sharing, prefix_shared_sample
+from rlp_trl.fast.shared_prefix import policy_logps
 from rlp_trl.markers import prepare_think_markers
 
 VARIANTS = ("grpo", "grpo_shared", "rlp", "rlp_no_sharing", "rlp_naive")
@@ -114,7 +114,7 @@ class TimedGRPO(_Timed, _TokenPrompts, GRPOTrainer):
 
 class TimedSharedGRPO(TimedGRPO):
     """GRPO with rlp_trl's prefix sharing: `prefix_shared_sample` in place of `generate`, and the shared-prompt loss
-    pass (`rlp_trl.shared_prefix.policy_logps`), as `RLPTrainer` uses them."""
+    pass (`rlp_trl.fast.shared_prefix.policy_logps`), as `RLPTrainer` uses them."""
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model, torch.no_grad():

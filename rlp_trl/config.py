@@ -224,9 +224,9 @@ class RLPConfig(GRPOConfig):
             `True`: the G rollouts of a context share its prompt computation. Sampling (non-vLLM path): each
             distinct context is prefilled once and its KV cache copied to its G rows, and S_pred (eq. 3) is read
             from the same cache by feeding `</think>` and the true token(s) after each thought, so there is no
-            separate scoring pass (`rlp_trl.generation`). Loss pass (eq. 8) and theta_old log-probs: each distinct
+            separate scoring pass (`rlp_trl.fast.generation`). Loss pass (eq. 8) and theta_old log-probs: each distinct
             prompt runs forward once and the rows run only their completions on its cache; gradients are summed
-            into it by autograd (`rlp_trl.shared_prefix`; not under DeepSpeed, FSDP or gradient checkpointing).
+            into it by autograd (`rlp_trl.fast.shared_prefix`; not under DeepSpeed, FSDP or gradient checkpointing).
             Same samples under the same seed, same log-probs and gradients up to float rounding. `False`: TRL's
             default generation (`model.generate` on every row), TRL's loss pass and one extra forward for S_pred.
             vLLM keeps its own prefix caching either way. See docs/performance.md.

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .scoring import mask_positions
+from .fast.scoring import mask_positions
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ TRL's loss to (values, gradients, clip metrics, asymmetric epsilons, importance-
 
 import torch
 
+from .markers import SAMPLED_CLOSE
+
 
 def clipped_thought_loss(
     per_token_logps: torch.Tensor,
@@ -47,12 +49,6 @@ def clipped_thought_loss(
         per_token_loss = per_token_loss * per_token_weights
     per_thought = (per_token_loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
     return per_thought.mean()
-
-
-# How a sampled thought ended (`markers.split_thought`, `rollouts.ThoughtCutter`).
-SAMPLED_CLOSE = "close"  # the policy sampled the close marker: it is part of the action
-OTHER_STOP = "stop"  # the policy sampled EOS (or, with text markers, spelled the close marker with other tokens)
-LENGTH_LIMIT = "limit"  # no stop within max_completion_length: the trainer closes the thought
 
 
 def action_mask(thought_len: int, end: str, close_len: int, horizon: int, *, close_in_loss: bool = True,

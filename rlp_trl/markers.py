@@ -23,8 +23,12 @@ from collections.abc import Callable, Collection
 
 import torch
 
-from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
 from .usage import UsageError
+
+# How a sampled thought ended (`split_thought`, `rlp_trl.rollouts.ThoughtCutter`); `rlp_trl.loss.action_mask` reads it.
+SAMPLED_CLOSE = "close"  # the policy sampled the close marker: it is part of the action
+OTHER_STOP = "stop"  # the policy sampled EOS (or, with text markers, spelled the close marker with other tokens)
+LENGTH_LIMIT = "limit"  # no stop within max_completion_length: the trainer closes the thought
 
 THINK_TOKEN_INITS = ("text", "mean")
 

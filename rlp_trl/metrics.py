@@ -5,7 +5,7 @@
 import torch
 from accelerate.utils import gather_object
 
-from .loss import LENGTH_LIMIT, SAMPLED_CLOSE
+from .markers import LENGTH_LIMIT, SAMPLED_CLOSE
 from .rollouts import Thoughts
 
 

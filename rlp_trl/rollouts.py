@@ -3,7 +3,7 @@
     sample      -> Rollouts      the sampled tokens per row (+ S_pred from the sampler's cache when it could)
     cut         -> Thoughts      where each thought ends, the completion (thought + </think> + x_t..), the action
     tensorize   -> Completions   the padded tensors TRL's loss reads
-    score       -> S_pred, S_ema (eqs. 3-4; rlp_trl.scoring), rewards and advantages (eqs. 5, 7; rlp_trl.rewards)
+    score       -> S_pred, S_ema (eqs. 3-4; rlp_trl.fast.scoring), rewards and advantages (eqs. 5, 7; rlp_trl.rewards)
     pack_for_trl                 the dict `GRPOTrainer._compute_loss` consumes
 
 `RLPTrainer._generate_and_score_completions` is these calls in this order.
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE, action_mask
+from .loss import action_mask
+from .markers import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
 from .markers import split_thought, split_thought_text
-from .scoring import pad_rows
+from .fast.scoring import pad_rows
 
 
 @dataclass

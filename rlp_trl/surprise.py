@@ -11,7 +11,7 @@ about one forward over the corpus (two for long documents).
 import torch
 from trl.trainer.utils import selective_log_softmax
 
-from .scoring import pad_rows
+from .fast.scoring import pad_rows
 
 # At most this many logits per forward (~1 GiB in fp32): a batch of 2048-token windows of a 152k-vocabulary model
 # would otherwise build tens of GB of logits at dataset-building time.

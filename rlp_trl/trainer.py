@@ -33,7 +33,7 @@ from .config import RLPConfig
 from .data import to_position_dataset
 from .loading import disable_attention_dropout, kv_cache_on, load_policy
 from .likelihood import LikelihoodRequest, likelihood_loss
-from .generation import (
+from .fast.generation import (
     hf_generation_config, prefix_shared_sample, training_prefix_sharing, uses_prefix_sharing, vllm_stop_kwargs,
 )
 from .marker_lr import marker_lr_callback
@@ -53,8 +53,8 @@ from .resilience import (
 )
 from .rewards import group_advantages, information_gain, prefix_match_reward
 from .rollouts import Completions, Rollouts, ThoughtCutter, cut_thoughts, pack_for_trl, tensorize, vllm_is_ratio
-from .scoring import score_sequence_ends
-from .shared_prefix import completion_scores, packable, policy_logps
+from .fast.scoring import score_sequence_ends
+from .fast.shared_prefix import completion_scores, packable, policy_logps
 from .surprise import make_position_scorer
 from .teacher import EMAUpdateCallback, build_teacher
 from .tokens import ensure_pad_token
@@ -249,7 +249,7 @@ class RLPTrainer(GRPOTrainer):
         return pack_for_trl(batch, advantages, num_items, old_logps, ref_logps, is_ratio)
 
     def sample_thoughts(self, prompts: list[list[int]], suffixes: list[list[int]] | None = None) -> Rollouts:
-        """Sample one thought per prompt row (Alg. 1, line 7). The prefix-shared sampler (`rlp_trl.generation`) also
+        """Sample one thought per prompt row (Alg. 1, line 7). The prefix-shared sampler (`rlp_trl.fast.generation`) also
         scores `suffixes` in its KV cache; vLLM, continuous batching and un-gathered ZeRO-3 go through TRL's
         `_generate`. Non-finite probabilities fail with a `NonFiniteError` naming the step."""
         try:
@@ -327,7 +327,7 @@ class RLPTrainer(GRPOTrainer):
         compute_aux_loss=False, **extra,
     ):
         """The policy's log-probs of completion tokens (TRL's loss pass, theta_old): one forward per distinct prompt
-        when prefix sharing applies (`rlp_trl.shared_prefix`), else one plain forward per chunk; both with position
+        when prefix sharing applies (`rlp_trl.fast.shared_prefix`), else one plain forward per chunk; both with position
         ids from the attention mask. MoE aux losses and multimodal inputs keep TRL's own pass. Inside
         `compute_loss` with likelihood terms on, the same pass also returns their log-probs to it."""
         if compute_aux_loss or any(v is not None for v in extra.values()):

@@ -12,7 +12,7 @@ import sys
 import torch
 
 from rlp_trl import RLPConfig, RLPTrainer
-from rlp_trl.generation import training_prefix_sharing
+from rlp_trl.fast.generation import training_prefix_sharing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny_model import tiny_corpus  # noqa: E402

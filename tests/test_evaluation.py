@@ -18,7 +18,7 @@ from rlp_trl.tools import bench as benchmarks
 from rlp_trl.tools import cpt
 from rlp_trl.tools.heldout import heldout_split, reasoned_logps
 from rlp_trl.tools.stats import compare_positions, mean_ci, position_metrics, summarize_positions, wilson_ci
-from rlp_trl.scoring import pad_rows, score_last_tokens
+from rlp_trl.fast.scoring import pad_rows, score_last_tokens
 
 
 # ---------------------------------------------------------------------------------------------- rlp-eval: math

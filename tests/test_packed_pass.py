@@ -1,4 +1,4 @@
-"""The packed shared-prefix pass (`rlp_trl.shared_prefix.packed_logps`) equals TRL's per-row pass.
+"""The packed shared-prefix pass (`rlp_trl.fast.shared_prefix.packed_logps`) equals TRL's per-row pass.
 
 Each distinct prompt runs once, followed in the same sequence by its rows' completions under a 4D mask; the
 log-probs, entropies and parameter gradients must equal the plain per-row pass (`padded_logps`, TRL's pass with
@@ -16,10 +16,10 @@ from conftest import tiny_config
 from tiny_model import build_tiny_gpt2
 
 from rlp_trl import RLPTrainer
-from rlp_trl.generation import training_prefix_sharing
+from rlp_trl.fast.generation import training_prefix_sharing
 from rlp_trl.likelihood import LikelihoodRequest
-from rlp_trl.scoring import pad_rows
-from rlp_trl.shared_prefix import packable, packed_logps, padded_logps
+from rlp_trl.fast.scoring import pad_rows
+from rlp_trl.fast.shared_prefix import packable, packed_logps, padded_logps
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_rows_per_packed_sequence_follow_the_flop_estimate():
     the per-row pass (k = 1), the paper's shapes pack a few rows per sequence, short thoughts pack the whole group."""
     from transformers import LlamaConfig
 
-    from rlp_trl.shared_prefix import segments_per_sequence
+    from rlp_trl.fast.shared_prefix import segments_per_sequence
 
     qwen = LlamaConfig(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
                        num_key_value_heads=8, head_dim=128)  # Qwen3-1.7B's shape
@@ -137,7 +137,7 @@ def test_rows_per_packed_sequence_follow_the_flop_estimate():
 def test_chunked_packing_equals_the_per_row_pass(tiny_model_dir, monkeypatch):
     """With fewer rows per sequence than the group (two sequences for one prompt), values and gradients still
     equal the per-row pass."""
-    import rlp_trl.shared_prefix as shared_prefix
+    import rlp_trl.fast.shared_prefix as shared_prefix
 
     monkeypatch.setattr(shared_prefix, "segments_per_sequence", lambda config, p, w, group: 2)
     model = _load(tiny_model_dir, "sdpa", False, False)
@@ -155,7 +155,7 @@ def test_chunked_packing_equals_the_per_row_pass(tiny_model_dir, monkeypatch):
 def test_s_pred_without_the_sampler_cache_is_packed_and_equals_the_per_row_scores(tiny_model_dir, tmp_path, tiny_docs):
     """Text markers (and vLLM) leave S_pred to a forward pass: with prefix sharing it is one packed forward per
     distinct prompt, equal to scoring every row's prompt + completion on its own."""
-    from rlp_trl.shared_prefix import completion_scores
+    from rlp_trl.fast.shared_prefix import completion_scores
 
     args = tiny_config(tmp_path, think_open="<reason>", think_close="</reason>", think_markers_as_text=True,
                        reward_horizon=2)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlp_trl.loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
+from rlp_trl.markers import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
 from rlp_trl.rollouts import ThoughtCutter, cut_thoughts, pack_for_trl, tensorize, vllm_is_ratio
 
 EOS, CLOSE = 0, 9

@@ -1,6 +1,6 @@
 """The fast paths of issue 4 compute the same thing as the straightforward ones (tiny model, float tolerance).
 
-* prefix-shared sampling (`rlp_trl.generation`) draws the same tokens as `model.generate` on the same rows, with
+* prefix-shared sampling (`rlp_trl.fast.generation`) draws the same tokens as `model.generate` on the same rows, with
   greedy decoding and with a fixed seed, including early stops, `min_new_tokens` and left padding;
 * the in-cache suffix scores equal a separate forward over prompt + thought + suffix;
 * `score_sequence_ends` (one teacher pass per distinct context, prefixes folded in) equals one forward per row;
@@ -17,9 +17,9 @@ from tiny_model import THINK_CLOSE
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rlp_trl import RLPTrainer
-from rlp_trl.generation import prefix_shared_sample, uses_prefix_sharing
-from rlp_trl.scoring import pad_rows, plan_prefix_passes, score_last_tokens, score_sequence_ends
-from rlp_trl.shared_prefix import shared_prefix_logps
+from rlp_trl.fast.generation import prefix_shared_sample, uses_prefix_sharing
+from rlp_trl.fast.scoring import pad_rows, plan_prefix_passes, score_last_tokens, score_sequence_ends
+from rlp_trl.fast.shared_prefix import shared_prefix_logps
 
 G = 4
 

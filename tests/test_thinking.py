@@ -11,7 +11,8 @@ from trl import GRPOTrainer
 
 from conftest import loss_with_logps_grad, tiny_config
 from rlp_trl import RLPTrainer
-from rlp_trl.loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE, action_mask
+from rlp_trl.loss import action_mask
+from rlp_trl.markers import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
 from rlp_trl.markers import prepare_think_markers
 from test_trainer import capture, rows_of, thought_logps
 from tiny_model import build_tiny_gpt2

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .scoring import Scorer
+from .scorer import Scorer
 from .sharding import gathered, is_zero3, local_nbytes, rank
 
 EMA_ADAPTER = "rlp_ema"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .scoring import Scorer
+from .scorer import Scorer
 from .sharding import alias_groups, chunks, full_numel, full_shape, gathered, is_zero3, local_nbytes, rank
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .full import EMATeacher
-from .scoring import Scorer
+from .scorer import Scorer
 from .sharding import chunks, full_numel, gathered, rank
 
 

@@ -34,7 +34,7 @@ from .heldout import load_with_markers, sample_thoughts
 from .lm_eval_bridge import LOCAL_LM_EVAL_TASKS, PAPER_SUITE, lm_eval_command, run_lm_eval, write_local_lm_eval_tasks
 from .stats import wilson_ci
 from ..markers import split_thought
-from ..scoring import pad_rows
+from ..fast.scoring import pad_rows
 
 REASONING_GYM_TASKS = ("basic_arithmetic", "chain_sum", "gsm_symbolic")
 MODES = ("direct", "think")

@@ -9,9 +9,9 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig
 
 from ..loading import load_causal_lm
-from ..generation import prefix_shared_sample
-from ..scoring import pad_rows, score_last_tokens
-from ..loss import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
+from ..fast.generation import prefix_shared_sample
+from ..fast.scoring import pad_rows, score_last_tokens
+from ..markers import LENGTH_LIMIT, OTHER_STOP, SAMPLED_CLOSE
 from ..markers import prepare_think_markers, split_thought, split_thought_text, text_marker_ids
 from .stats import position_metrics
 
@@ -79,7 +79,7 @@ def reasoned_logps(model, prompts: list[list[int]], targets: list[list[int]], *,
     """log p(x_t | prompt, c_k, </think>) for K sampled thoughts c_k per prompt: `[N, K]`, the thoughts, and how each
     ended (`split_thought`).
 
-    Uses the trainer's prefix-shared sampler (`rlp_trl.generation`: one prefill per prompt, x_t scored in the same
+    Uses the trainer's prefix-shared sampler (`rlp_trl.fast.generation`: one prefill per prompt, x_t scored in the same
     KV cache; `tests/test_evaluation.py` checks it against a separate teacher-forced pass).
     """
     config = thought_generation_config(max_thought_tokens, temperature, stop_ids, pad_id)

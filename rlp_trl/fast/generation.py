@@ -165,7 +165,7 @@ def uses_prefix_sharing(trainer) -> bool:
 
 
 def loss_pass_sharing(unwrapped, wrapped: bool) -> str | None:
-    """How a log-prob pass runs each distinct prompt once (`rlp_trl.shared_prefix`): `"cache"` (the prompt's KV cache
+    """How a log-prob pass runs each distinct prompt once (`rlp_trl.fast.shared_prefix`): `"cache"` (the prompt's KV cache
     extended by its rows) for a plain model; under DeepSpeed, FSDP or gradient checkpointing (`wrapped`: their
     wrappers gather per forward, or recompute it, and cannot re-extend a cache) `"packed"` (prompt and rows in one
     masked sequence), or None where the attention cannot take the packed mask (`shared_prefix.packable`)."""

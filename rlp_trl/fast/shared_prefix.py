@@ -21,7 +21,7 @@ import contextlib
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from .likelihood import LikelihoodLogps, LikelihoodRequest, causal_lm, last_hidden_states, pass_logps
+from ..likelihood import LikelihoodLogps, LikelihoodRequest, causal_lm, last_hidden_states, pass_logps
 from .scoring import mask_positions, pad_rows, score_last_tokens
 
 
