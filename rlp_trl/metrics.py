@@ -1,6 +1,6 @@
-"""What one RLP step logs: TRL's completion-length metrics for the prefix-shared sampler (which bypasses TRL's
-`_generate`, where they are computed), RLP's own `rlp/*` metrics, and the rows of TRL's completions table
-(`log_generation`, `log_step`: they write into the trainer's `_metrics` / `_logs` buffers, which TRL logs)."""
+"""What one RLP step logs, as values: TRL's completion-length metrics for the prefix-shared sampler (which bypasses
+TRL's `_generate`, where they are computed), RLP's own `rlp/*` metrics, and the rows of TRL's completions table. The
+trainer appends them to TRL's `_metrics` / `_logs` buffers, which TRL logs."""
 
 import torch
 from accelerate.utils import gather_object
@@ -30,10 +30,10 @@ def generation_metrics(gather, prompt_ids: list[list[int]], completion_ids: list
     }
 
 
-def rlp_metrics(gather, thoughts: Thoughts, reasoned, baseline, gains, advantages, teacher_updates: int) -> dict:
+def rlp_metrics(gather, thoughts: Thoughts, s_pred, s_ema, gains, advantages, teacher_updates: int) -> dict:
     """`rlp/*`: the information gain (eq. 5) over every process's rollouts (`gains`, `advantages` already gathered),
-    its parts S_pred and S_ema, how the thoughts ended, the advantage scale, the teacher's update count."""
-    device = reasoned.device
+    its parts S_pred and S_ema (logged as `rlp/reasoned_logp_mean` and `rlp/baseline_logp_mean`), how the thoughts ended, the advantage scale, the teacher's update count."""
+    device = s_pred.device
 
     def gathered(values):
         return gather(torch.tensor(values, device=device, dtype=torch.float32))
@@ -43,8 +43,8 @@ def rlp_metrics(gather, thoughts: Thoughts, reasoned, baseline, gains, advantage
         "rlp/info_gain_mean": gains.mean().item(),
         "rlp/info_gain_std": gains.std().item() if gains.numel() > 1 else 0.0,
         "rlp/positive_gain_frac": (gains > 0).float().mean().item(),
-        "rlp/reasoned_logp_mean": gather(reasoned.sum(-1)).mean().item(),
-        "rlp/baseline_logp_mean": gather(baseline.sum(-1)).mean().item(),
+        "rlp/reasoned_logp_mean": gather(s_pred.sum(-1)).mean().item(),
+        "rlp/baseline_logp_mean": gather(s_ema.sum(-1)).mean().item(),
         "rlp/thought_length_mean": lengths.mean().item(),
         "rlp/thought_length_max": lengths.max().item(),
         "rlp/thought_truncated_frac": gathered([e == LENGTH_LIMIT for e in thoughts.ends]).mean().item(),
@@ -63,31 +63,19 @@ def completion_rows(decode, inputs, thoughts: Thoughts) -> dict[str, list[str]]:
     }
 
 
-
-def log_generation(metrics: dict, state, mode: str, gather, device, prompt_ids, completion_ids, stop_ids) -> None:
-    """Log what TRL's `_generate` logs (`trainer._metrics`, and the Trainer state's token count in training), for the
-    prefix-shared sampler that bypasses it."""
-    values = generation_metrics(gather, prompt_ids, completion_ids, stop_ids, device)
-    tokens = values.pop("tokens")
-    if mode == "train":
-        state.num_input_tokens_seen += tokens
-    metrics[mode]["num_tokens"] = [state.num_input_tokens_seen]
-    for key, value in values.items():
-        metrics[mode][key].append(value)
-
-
-def log_step(metrics: dict, logs: dict, gather, decode, inputs, thoughts: Thoughts, reasoned, baseline, gains, rewards,
-             advantages, teacher_updates: int) -> None:
-    """Log one step's `rlp/*` metrics (into `trainer._metrics[mode]`) and its rows of TRL's completions table
-    (`trainer._logs`); `gains`, `rewards` and `advantages` are already gathered from every process."""
-    values = rlp_metrics(gather, thoughts, reasoned, baseline, gains, advantages, teacher_updates)
-    if rewards is not gains:  # an ablation reward (reward_type): its mean next to the gain's
-        values["rlp/reward_mean"] = rewards.mean().item()
-    for key, value in values.items():
-        metrics[key].append(value)
+def completion_table(decode, inputs, thoughts: Thoughts, gains, advantages) -> dict:
+    """Every process's rows of TRL's completions table (`log_completions`), shaped like `GRPOTrainer._logs`: the
+    context tail, the thought, the true token(s), the gain and the advantage (`gains`, `advantages` already gathered)."""
     rows = {k: gather_object(v) for k, v in completion_rows(decode, inputs, thoughts).items()}
-    logs["prompt"].extend(rows["prompt"])
-    logs["completion"].extend(rows["completion"])
-    logs["extra"]["target"].extend(rows["target"])
-    logs["rewards"]["info_gain"].extend(gains.tolist())
-    logs["advantages"].extend(advantages.tolist())
+    return {"prompt": rows["prompt"], "completion": rows["completion"], "extra": {"target": rows["target"]},
+            "rewards": {"info_gain": gains.tolist()}, "advantages": advantages.tolist()}
+
+
+def extend_logs(logs: dict, rows: dict) -> None:
+    """Append `completion_table` rows to TRL's `_logs` buffers (lists, or dicts of lists by column)."""
+    for key, value in rows.items():
+        if isinstance(value, dict):
+            for column, values in value.items():
+                logs[key][column].extend(values)
+        else:
+            logs[key].extend(value)

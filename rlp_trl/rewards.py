@@ -3,6 +3,9 @@
 The trainer calls exactly these functions; the unit tests check them against hand-computed values.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 
@@ -71,3 +74,50 @@ def prefix_match_reward(thought_texts: list[str], target_prefix_texts: list[list
         prediction = thought.rsplit("\n", 1)[-1].strip()
         rewards.append(float(bool(prediction) and prediction in {p.strip() for p in prefixes}))
     return torch.tensor(rewards)
+
+
+@dataclass(frozen=True)
+class NonFiniteRewards:
+    """What `exclude_nonfinite_groups` found in one batch of rewards (every process's, gathered)."""
+
+    count: int  # rewards that were NaN/inf
+    excluded: torch.Tensor  # `[num_groups]` bool: the groups holding one (their rewards are set to 0)
+    largest: float  # the largest finite |reward|, for the runaway check (rlp_trl.resilience)
+
+
+def exclude_nonfinite_groups(rewards: torch.Tensor, num_generations: int) -> tuple[torch.Tensor, NonFiniteRewards]:
+    """Set every reward of a group that holds a NaN/inf reward to 0, so eq. 7 gives that group zero advantages and no
+    gradient (one NaN would otherwise make every advantage of its group NaN, and the loss with it). Returns the
+    rewards (the same tensor when all are finite) and what was found; one host sync."""
+    bad = ~torch.isfinite(rewards)
+    finite_abs = torch.where(bad, torch.zeros_like(rewards), rewards).abs().float()
+    count, largest = torch.stack([bad.sum().float(), finite_abs.max() if rewards.numel() else finite_abs.sum()]).tolist()
+    excluded = bad.view(-1, num_generations).any(dim=1)
+    found = NonFiniteRewards(int(count), excluded, largest)
+    if not found.count:
+        return rewards, found
+    out = rewards.clone()
+    out.view(-1, num_generations)[excluded] = 0.0
+    return out, found
+
+
+@dataclass(frozen=True)
+class Reward:
+    """The reward a thought is trained on, picked once from `RLPConfig.reward_type` (`reward_for`)."""
+
+    compute: Callable[[torch.Tensor, list[list[int]], list[list[int]]], torch.Tensor]  # (gains, thought ids, targets)
+    metrics: Callable[[torch.Tensor], dict]  # logged next to the gain, from every process's rewards
+
+
+def reward_for(reward_type: str, decode: Callable[[list[int]], str]) -> Reward:
+    """`"information_gain"`: the paper's reward, the gain itself (eq. 5). `"rpt_prefix_match"`: RPT's binary reward
+    (ablation; `prefix_match_reward` over the decoded thought and the true token prefixes), its mean logged as
+    `rlp/reward_mean` next to the gain."""
+    if reward_type == "information_gain":
+        return Reward(lambda gains, thought_ids, targets: gains, lambda rewards: {})
+
+    def rpt(gains, thought_ids, targets):
+        prefixes = [[decode(y[:j]) for j in range(1, len(y) + 1)] for y in targets]
+        return prefix_match_reward([decode(t) for t in thought_ids], prefixes).to(gains.device)
+
+    return Reward(rpt, lambda rewards: {"rlp/reward_mean": rewards.mean().item()})

@@ -2,7 +2,7 @@
 
     sample      -> Rollouts      the sampled tokens per row (+ S_pred from the sampler's cache when it could)
     cut         -> Thoughts      where each thought ends, the completion (thought + </think> + x_t..), the action
-    tensorize   -> Completions   the padded tensors TRL's loss reads
+    tensorize   -> PaddedBatch   the padded batch: the tensors TRL's loss reads
     score       -> S_pred, S_ema (eqs. 3-4; rlp_trl.fast.scoring), rewards and advantages (eqs. 5, 7; rlp_trl.rewards)
     pack_for_trl                 the dict `GRPOTrainer._compute_loss` consumes
 
@@ -54,7 +54,7 @@ class Thoughts:
 
 
 @dataclass
-class Completions:
+class PaddedBatch:
     """Padded tensors of one batch: prompts left-padded, completions right-padded (TRL's layout)."""
 
     prompt_ids: torch.Tensor
@@ -112,11 +112,11 @@ def cut_thoughts(sampled: list[list[int]], targets: list[list[int]], cutter: Tho
     )
 
 
-def tensorize(prompt_ids: list[list[int]], thoughts: Thoughts, pad_id: int, device) -> Completions:
+def tensorize(prompt_ids: list[list[int]], thoughts: Thoughts, pad_id: int, device) -> PaddedBatch:
     prompts, prompt_mask = pad_rows(prompt_ids, pad_id, device, "left")
     completions, completion_mask = pad_rows(thoughts.completions, pad_id, device, "right")
     action, _ = pad_rows(thoughts.action_masks, 0, device, "right")
-    return Completions(prompts, prompt_mask, completions, completion_mask, action)
+    return PaddedBatch(prompts, prompt_mask, completions, completion_mask, action)
 
 
 def vllm_is_ratio(old_per_token_logps, sampling_logps, action_masks, loss_mask, mode: str, clip_min, clip_max):
@@ -137,7 +137,7 @@ def vllm_is_ratio(old_per_token_logps, sampling_logps, action_masks, loss_mask, 
     return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
-def pack_for_trl(batch: Completions, advantages: torch.Tensor, num_items_in_batch: torch.Tensor,
+def pack_for_trl(batch: PaddedBatch, advantages: torch.Tensor, num_items_in_batch: torch.Tensor,
                  old_per_token_logps=None, ref_per_token_logps=None, importance_sampling_ratio=None) -> dict:
     """The inputs of `GRPOTrainer._compute_loss`: the action enters the loss through TRL's per-token `tool_mask`."""
     out = {

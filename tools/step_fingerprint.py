@@ -54,6 +54,7 @@ def run_single(name: str, overrides: dict, model_dir: str, workdir: str) -> dict
     from conftest import tiny_config
     from tiny_model import tiny_corpus
 
+    import rlp_trl
     from rlp_trl import RLPTrainer
 
     overrides = dict(overrides)
@@ -78,7 +79,7 @@ def run_single(name: str, overrides: dict, model_dir: str, workdir: str) -> dict
         return out
 
     trainer._generate_and_score_completions = recorded
-    trainer.train()
+    rlp_trl.train(trainer)  # with the run's guarantees (rlp_trl.resilience.run), as rlp-train runs
     history = [{k: v for k, v in h.items() if not k.endswith(("time", "_runtime", "per_second"))}
                for h in trainer.state.log_history if "loss" in h]
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -125,32 +125,50 @@ def verify_state_finite(accelerator, model, teacher, optimizer, step: int, outpu
         )
 
 
+def runaway_gain_limit(model, horizon: int) -> float | None:
+    """|information gain| above which a batch is flagged as runaway: `RUNAWAY_GAIN_FACTOR * H * log(vocabulary)`
+    (a thought cannot move a log-prob by more than log(V) per token without the model being broken); None when the
+    vocabulary size is unknown."""
+    try:
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        vocab = int(config.vocab_size)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return RUNAWAY_GAIN_FACTOR * horizon * math.log(vocab) if vocab >= 2 else None
+
+
 # ---------------------------------------------------------------------------------------------- the guard
 class NonFiniteGuard(TrainerCallback):
-    """Detects non-finite rewards (before advantages), gradients (before the optimizer step) and weights (after it).
+    """Reacts to non-finite rewards (reported by the step), gradients (before the optimizer step) and weights (after
+    it, before the EMA update), and flags runaway runs. Built by `rlp_trl.resilience.guard`, which registers it.
 
-    `"skip"`: a group with a non-finite reward gets all-zero rewards, hence zero advantages and no gradient; an
-    optimizer step whose gradients are not all finite is not applied (the gradients are dropped, so the optimizer
-    leaves every parameter and its moments untouched). Each event is logged with the step and the count and totalled
-    in `totals` (saved with checkpoints). After `patience` (`RLPConfig.nonfinite_patience`) skipped steps in a row, or
-    reward batches in a row with every group excluded, the model is taken to be degenerate and training stops; a
-    batch with every group excluded also checks the EMA teacher, and a non-finite teacher stops training at once.
-    `"raise"`: the first event stops training with a `NonFiniteError`. Either way, a policy that is not finite after
-    an optimizer step (`check_weights_after_step`, called before the EMA update) stops training.
-    Under DeepSpeed the gradients are not visible as `.grad` and only the reward and weight checks apply; with fp16
-    loss scaling the scaler already skips such steps, and the guard only counts them.
-
+    Rewards: the step always excludes a group holding a non-finite reward (`rlp_trl.rewards.exclude_nonfinite_groups`)
+    and hands what it found to `on_rewards`. `"skip"` (`RunConfig.on_nonfinite`) logs each event with its step and
+    totals it in `totals` (saved with checkpoints); `"raise"` stops at the first one with a `NonFiniteError`. After
+    `patience` reward batches in a row with every group excluded the model is degenerate and training stops; such a
+    batch also checks the EMA teacher, and a non-finite teacher stops training at once.
+    Gradients: an optimizer step whose gradients are not all finite is not applied (`"skip"`: the gradients are
+    dropped, so the optimizer leaves every parameter and its moments untouched; `patience` such steps in a row stop
+    training) or stops training (`"raise"`). Under DeepSpeed the gradients are not visible as `.grad` and only the
+    reward and weight checks apply; with fp16 loss scaling the scaler already skips such steps and the guard counts
+    them. Weights: a policy that is not finite after an optimizer step stops training.
     Runaway flags (warnings, counted in `totals["runaway"]` and `rlp/runaway_flags`): see the module docstring.
 
-    One per trainer, built and registered as a callback in `RLPTrainer.__init__` (`RLPTrainer.nonfinite_guard`):
-    `mode` and `patience` are `RLPConfig.on_nonfinite` / `nonfinite_patience` (validated there); `trainer` gives the
-    live training state (step, model, metrics, teacher).
+    Args:
+        mode, patience: `RunConfig.on_nonfinite` / `nonfinite_patience`.
+        accelerator: the trainer's (reductions across processes, the fp16 scaler, unwrapping the model).
+        teacher: the EMA teacher whose weights are checked, or None (`no_think_baseline="live"`).
+        output_dir: where the last complete checkpoint is looked up for the messages.
+        gain_limit: |information gain| above which a batch is flagged (None: not checked).
+        deepspeed: gradients live in the engine, not in `.grad`.
+        log: receives the metrics the guard logs outside the step (`rlp/skipped_steps`).
     """
 
-    def __init__(self, trainer, mode: str = "skip", patience: int = 20):
-        self.trainer = trainer
-        self.mode = mode
-        self.patience = patience
+    def __init__(self, mode: str, patience: int, *, accelerator, teacher=None, output_dir: str = ".",
+                 gain_limit: float | None = None, deepspeed: bool = False, log=None):
+        self.mode, self.patience = mode, patience
+        self.accelerator, self.teacher, self.output_dir = accelerator, teacher, output_dir
+        self.gain_limit, self.deepspeed, self.log = gain_limit, deepspeed, log or (lambda metrics: None)
         self.totals = Counter()
         self.events = deque(maxlen=1000)
         self._consecutive = 0
@@ -172,37 +190,27 @@ class NonFiniteGuard(TrainerCallback):
         logger.warning(f"[rlp_trl] step {step}: runaway run? {message} (counted in rlp/runaway_flags)")
 
     def _last_good(self) -> str | None:
-        return last_complete_checkpoint(self.trainer.args.output_dir, verify_content=False)[0]
+        return last_complete_checkpoint(self.output_dir, verify_content=False)[0]
 
-    def _vocab_size(self) -> int | None:
-        trainer = self.trainer
-        try:
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-            return int(config.vocab_size)
-        except (AttributeError, TypeError, ValueError):
-            return None
-
-    def check_rewards(self, rewards: torch.Tensor, num_generations: int, mode: str = "train") -> torch.Tensor:
-        """Rewards of all processes, `[num_groups * G]`; returns them with every group holding a non-finite one zeroed."""
-        bad = ~torch.isfinite(rewards)
-        finite_abs = torch.where(bad, torch.zeros_like(rewards), rewards).abs().float()
-        summary = torch.stack([bad.sum().float(), finite_abs.max() if rewards.numel() else finite_abs.sum()]).tolist()
-        count, largest = int(summary[0]), summary[1]  # one host sync
-        metrics = self.trainer._metrics[mode]
-        metrics["rlp/nonfinite_rewards"].append(float(count))
-        step = self.trainer.state.global_step + 1
+    def check_rewards(self, found, step: int, mode: str = "train") -> dict:
+        """React to what the step found in its rewards (`rlp_trl.rewards.NonFiniteRewards`) at optimizer step `step`;
+        returns the metrics to log with the step."""
+        metrics = {}
         if mode == "train":
-            self._check_runaway_gain(largest, step)
-            metrics["rlp/runaway_flags"].append(float(self.totals["runaway"]))
-        if count == 0:
+            if self.gain_limit is not None and found.largest > self.gain_limit:
+                self._flag("gain", step, f"|information gain| reached {found.largest:.4g} nats, more than "
+                           f"{RUNAWAY_GAIN_FACTOR:g} x H x log(vocabulary size) = {self.gain_limit:.1f}; check the "
+                           f"learning rate")
+            metrics["rlp/runaway_flags"] = float(self.totals["runaway"])
+        if found.count == 0:
             if mode == "train":
                 self._excluded_streak = 0
-            return rewards
-        groups = bad.view(-1, num_generations).any(dim=1)
+            return metrics
+        groups = found.excluded
         self._record(
-            "rewards", step, count,
-            f"step {step} ({mode}): {count} non-finite reward(s) in {int(groups.sum())} of {groups.numel()} group(s)",
+            "rewards", step, found.count,
+            f"step {step} ({mode}): {found.count} non-finite reward(s) in {int(groups.sum())} of {groups.numel()} "
+            f"group(s)",
         )
         self.totals["groups"] += int(groups.sum())
         if mode == "train":
@@ -215,27 +223,19 @@ class NonFiniteGuard(TrainerCallback):
                     f"non-finite reward (information gain 0, nothing learned): the policy's or the teacher's scores "
                     f"are degenerate. Training stopped; the last complete checkpoint is {self._last_good()}."
                 )
-        out = rewards.clone()
-        out.view(-1, num_generations)[groups] = 0.0
-        return out
+        return metrics
 
-    def _check_runaway_gain(self, largest: float, step: int) -> None:
-        vocab = self._vocab_size()
-        if not vocab or vocab < 2:
-            return
-        limit = RUNAWAY_GAIN_FACTOR * self.trainer.args.reward_horizon * math.log(vocab)
-        if largest > limit:
-            self._flag("gain", step, f"|information gain| reached {largest:.4g} nats, more than {RUNAWAY_GAIN_FACTOR:g} x "
-                       f"H x log(vocabulary size) = {limit:.1f}; check the learning rate")
+    def on_rewards(self, args, state, control, found=None, mode: str = "train", **kwargs) -> dict:
+        """RLP's step event (`RLPTrainer._generate_and_score_completions`): what it found in its rewards."""
+        return self.check_rewards(found, state.global_step + 1, mode)
 
     def _check_teacher(self, step: int) -> None:
         """A batch with every group excluded: is the EMA teacher itself non-finite? (It never recovers: stop.)"""
-        trainer = self.trainer
-        teacher = trainer.teacher
-        if not teacher.initialized or trainer.args.no_think_baseline != "ema":
+        teacher = self.teacher
+        if teacher is None or not teacher.initialized:
             return
         bad, _ = scan_tensors(teacher_tensors(teacher))
-        count, _ = _reduce_scan(trainer.accelerator, bad, 0.0)
+        count, _ = _reduce_scan(self.accelerator, bad, 0.0)
         if count:
             where = ", ".join(bad[:3]) if bad else "its shards on another process"
             raise NonFiniteError(
@@ -244,15 +244,13 @@ class NonFiniteGuard(TrainerCallback):
                 f"{self._last_good()}."
             )
 
-    def check_weights_after_step(self) -> None:
+    def check_weights_after_step(self, model, step: int) -> None:
         """After the optimizer step, before the EMA update: the trained weights must be finite (a corrupted optimizer
         state or an overflowing update can break them with finite gradients). Called on every process."""
-        trainer = self.trainer
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = self.accelerator.unwrap_model(model)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         bad, largest = scan_tensors(named)
-        count, largest = _reduce_scan(trainer.accelerator, bad, largest)
-        step = trainer.state.global_step + 1
+        count, largest = _reduce_scan(self.accelerator, bad, largest)
         if count:
             where = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "") if bad else "shards on another process"
             self.events.append({"step": step, "kind": "weights", "count": count})
@@ -268,13 +266,15 @@ class NonFiniteGuard(TrainerCallback):
             self._flag("weights", step, f"the largest |weight| is {largest:.4g}, more than {RUNAWAY_WEIGHT_FACTOR:g} x its "
                        f"value at the start ({self.initial_weight_max:.4g})")
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        if trainer.is_deepspeed_enabled:  # the gradients are not visible as .grad
-            return
-        params = [p for p in trainer.model.parameters() if p.grad is not None]
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        # runs before the EMA update (`rlp_trl.teacher.EMAUpdateCallback.on_step_end`): a broken policy is never averaged
+        self.check_weights_after_step(model, state.global_step + 1)
+
+    def check_gradients(self, params: list, step: int) -> dict:
+        """Before the optimizer step: skip it (drop the gradients) or stop when a gradient is not finite; flag a
+        gradient that stays exactly zero. Returns the metrics to log."""
         if not params:
-            return
+            return {}
         device = params[0].grad.device
         # one reduction per tensor (aminmax propagates NaN), stacked on one device: a single host sync per step
         values = []
@@ -283,21 +283,20 @@ class NonFiniteGuard(TrainerCallback):
             values.append(torch.maximum(-low, high).float().to(device))
         values = torch.stack(values)
         summary = torch.stack([(~torch.isfinite(values)).sum().float(), torch.nan_to_num(values, nan=0.0, posinf=0.0).max()])
-        if trainer.accelerator.num_processes > 1:  # sharded gradients (FSDP) differ per process
-            summary = trainer.accelerator.reduce(summary, reduction="sum")
+        if self.accelerator.num_processes > 1:  # sharded gradients (FSDP) differ per process
+            summary = self.accelerator.reduce(summary, reduction="sum")
         bad, largest = int(summary[0].item()), float(summary[1].item())
-        trainer._metrics["train"]["rlp/skipped_steps"].append(float(self.totals["steps"] + (bad > 0)))
-        step = state.global_step + 1
+        metrics = {"rlp/skipped_steps": float(self.totals["steps"] + (bad > 0))}
         if bad == 0:
             self._consecutive = 0
             self._zero_grad_streak = self._zero_grad_streak + 1 if largest == 0.0 else 0
             if self._zero_grad_streak and self._zero_grad_streak % ZERO_GRAD_STEPS == 0:
                 self._flag("zero_grad", step, f"the gradient has been exactly zero for {self._zero_grad_streak} steps in "
                            f"a row (saturated probabilities or every reward equal: nothing is learned)")
-            return
-        if trainer.accelerator.scaler is not None:  # fp16: GradScaler skips this step itself
+            return metrics
+        if self.accelerator.scaler is not None:  # fp16: GradScaler skips this step itself
             self.totals["steps"] += 1
-            return
+            return metrics
         self._consecutive += 1
         self._record(
             "steps", step, 1, f"step {step}: non-finite gradients in {bad} parameter tensor(s), optimizer step skipped"
@@ -309,4 +308,10 @@ class NonFiniteGuard(TrainerCallback):
                 f"step {step}: {self._consecutive} optimizer steps in a row had non-finite gradients; the model or "
                 f"the learning rate is degenerate. Training stopped; the last complete checkpoint is {self._last_good()}."
             )
+        return metrics
 
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.deepspeed:  # the gradients are not visible as .grad
+            return
+        params = [p for p in model.parameters() if p.grad is not None]
+        self.log(self.check_gradients(params, state.global_step + 1))

@@ -120,14 +120,15 @@ def optimisation_settings(args) -> dict:
 
 
 class ResumeState:
-    """Saves and restores `rlp_resume_state_<rank>.pt`; one per trainer (`RLPTrainer.resume_state`).
+    """Saves and restores `rlp_resume_state_<rank>.pt`; one per guarded run (`rlp_trl.resilience.run`).
 
     Saved: GRPO's micro-step counter and buffered rollouts, the non-finite totals (`nonfinite_totals`, the guard's
     counter, updated in place on load), the data fingerprint and the optimisation settings (to detect a resume on
     other data or settings)."""
 
-    def __init__(self, args, accelerator, dataset, nonfinite_totals: Counter):
+    def __init__(self, args, accelerator, dataset, nonfinite_totals: Counter, mismatch: str = "error"):
         self.args = args
+        self.mismatch = mismatch  # RunConfig.resume_mismatch
         self.accelerator = accelerator
         self.dataset = dataset
         self.nonfinite_totals = nonfinite_totals
@@ -201,7 +202,7 @@ class ResumeState:
         problems = self.mismatches(state)
         if problems:
             text = f"resuming from {checkpoint}: " + "; ".join(problems)
-            if self.args.resume_mismatch == "error":
+            if self.mismatch == "error":
                 raise UsageError(  # a ValueError: one line and exit 2 from the console scripts
                     f"RLPConfig: refusing to resume: {text}. Resume with the original corpus and settings, start a new "
                     f"run from the checkpoint's weights (--model_name_or_path {checkpoint}), or pass "

@@ -51,17 +51,18 @@ def build_teacher(model: nn.Module, args, accelerator) -> Teacher:
 class EMAUpdateCallback(TrainerCallback):
     """phi <- tau * phi + (1 - tau) * theta after every optimizer step (Alg. 1, line 15), once the teacher exists.
 
+    Runs at `on_step_end`, after every `on_optimizer_step` callback: checks of the updated weights (the run's
+    non-finite guard, `rlp_trl.resilience`) and the marker-row scaling (`rlp_trl.marker_lr`) come first, so a broken
+    policy is never averaged into the teacher.
+
     Args:
         teacher: the run's teacher.
         policy: returns the unwrapped policy.
-        before_update: called first (the non-finite guard's weight check: a non-finite policy stops training here,
-            before it is averaged into the teacher).
     """
 
-    def __init__(self, teacher: Teacher, policy: Callable[[], nn.Module], before_update: Callable[[], None]):
-        self.teacher, self.policy, self.before_update = teacher, policy, before_update
+    def __init__(self, teacher: Teacher, policy: Callable[[], nn.Module]):
+        self.teacher, self.policy = teacher, policy
 
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.before_update()
+    def on_step_end(self, args, state, control, **kwargs):
         if self.teacher.initialized:
             self.teacher.update(self.policy())

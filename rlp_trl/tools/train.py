@@ -21,6 +21,7 @@ from ..config import RLPConfig
 from ..data import is_json_lines, read_json_lines
 from ..model_card import learning_windows, window_stats  # noqa: F401 - window_stats: re-exported
 from ..resilience import check_launch
+from ..resilience.run import train
 from ..trainer import RLPTrainer
 from ..usage import (
     CONFIG_HELP,
@@ -209,7 +210,9 @@ def parse_training_args(argv: list[str] | None = None, prog: str = "rlp-train"):
 
 
 def main(argv: list[str] | None = None) -> RLPTrainer:
-    script_args, training_args, model_args = parse_training_args(argv)
+    parsed = parse_training_args(argv)
+    script_args, training_args, model_args = parsed[:3]
+    run_config = parsed[3] if len(parsed) > 3 else None  # TODO(lead): the 4-tuple once RunConfig is parsed
     check_model(model_args.model_name_or_path)
     check_path(script_args.dataset_name, "--dataset_name", "corpus file or folder, or a Hub dataset name")
     if training_args.resume_from_checkpoint not in (None, "") and str(training_args.resume_from_checkpoint).lower() \
@@ -248,11 +251,11 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
     )
     trainer.corpus_name = script_args.dataset_name  # for the model card
     # resume_from_checkpoint: a path, "true"/"last" (newest complete checkpoint) or "auto" (that, else start fresh)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if trainer.interrupted:  # SIGTERM/SIGINT: a complete checkpoint was saved; not a finished run, no final model
-        trainer.accelerator.print(f"[rlp_trl] interrupted by {trainer.interrupted}; resume with --resume_from_checkpoint true")
-        raise SystemExit(128 + int(getattr(signal, trainer.interrupted)))
-    if trainer.already_finished is not None:  # resumed a finished run: nothing trained, its final model stays as is
+    result = train(trainer, training_args.resume_from_checkpoint, run_config)
+    if result.interrupted:  # SIGTERM/SIGINT: a complete checkpoint was saved; not a finished run, no final model
+        trainer.accelerator.print(f"[rlp_trl] interrupted by {result.interrupted}; resume with --resume_from_checkpoint true")
+        raise SystemExit(128 + int(getattr(signal, result.interrupted)))
+    if result.finished_at is not None:  # resumed a finished run: nothing trained, its final model stays as is
         trainer.end()
         return trainer
     trainer.save_model(training_args.output_dir)
