@@ -17,6 +17,7 @@ from conftest import tiny_config
 from datasets import Dataset
 from tiny_model import tiny_corpus
 
+import rlp_trl
 from rlp_trl import RLPTrainer
 from rlp_trl.resilience import COMPLETE_MARKER, last_complete_checkpoint
 
@@ -104,8 +105,8 @@ def _resume_one_step(tiny_model_dir, tmp_path, out):
     step = int(checkpoint.rsplit("-", 1)[1])
     resumed = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, output_dir=str(out), max_steps=step + 1),
                          train_dataset=Dataset.from_dict({"text": tiny_corpus(40)}))
-    resumed.train(resume_from_checkpoint="auto")
-    assert resumed.state.global_step == step + 1 and resumed.interrupted is None
+    result = rlp_trl.train(resumed, resume_from_checkpoint="auto")
+    assert resumed.state.global_step == step + 1 and result.interrupted is None
     return step
 
 

@@ -13,7 +13,8 @@ from datasets import Dataset, IterableDataset
 from transformers import TrainerCallback
 
 from conftest import tiny_config
-from rlp_trl import RLPTrainer
+import rlp_trl
+from rlp_trl import RLPTrainer, RunConfig
 from rlp_trl.resilience import (
     COMPLETE_MARKER,
     STAGING_PREFIX,
@@ -73,7 +74,7 @@ def reference(tiny_model_dir, tmp_path_factory):
         train_dataset=Dataset.from_dict({"text": tiny_corpus(40)}),
     )
     batches = record_batches(trainer)
-    trainer.train()
+    rlp_trl.train(trainer)
     return dict(out=trainer.args.output_dir, batches=batches, final=_final(trainer))
 
 
@@ -89,7 +90,7 @@ def test_resume_matches_an_uninterrupted_run(reference, tiny_model_dir, tmp_path
         train_dataset=Dataset.from_dict({"text": tiny_corpus(40)}),
     )
     batches = record_batches(trainer)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    rlp_trl.train(trainer, resume_from_checkpoint=checkpoint)
     step, policy, teacher = _final(trainer)
     ref_step, ref_policy, ref_teacher = reference["final"]
     assert step == ref_step == 4 and trainer.teacher.num_updates == 4
@@ -115,7 +116,7 @@ def test_streaming_dataset_keeps_groups_and_resumes_in_place(tiny_model_dir, tmp
         return score(inputs)
 
     first._generate_and_score_completions = spy
-    first.train()
+    rlp_trl.train(first)
     g = first.num_generations
     assert len(generation_batches) == 3
     for prompts in generation_batches:  # whole groups of G rollouts of one context, distinct contexts
@@ -125,7 +126,7 @@ def test_streaming_dataset_keeps_groups_and_resumes_in_place(tiny_model_dir, tmp
     second = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path / "b", save_strategy="no", **kwargs),
                         train_dataset=stream())
     resumed = record_batches(second)
-    second.train(resume_from_checkpoint=os.path.join(first.args.output_dir, "checkpoint-1"))
+    rlp_trl.train(second, resume_from_checkpoint=os.path.join(first.args.output_dir, "checkpoint-1"))
     assert _same_batches(resumed, ref[1:])
     s1, p1, t1 = _final(first)
     s2, p2, t2 = _final(second)
@@ -145,7 +146,7 @@ def test_interrupted_save_is_never_picked_up(tiny_model_dir, tmp_path, tiny_docs
 
     trainer._save_optimizer_and_scheduler = crash_at_step_2
     with pytest.raises(OSError, match="simulated crash"):
-        trainer.train()
+        rlp_trl.train(trainer)
     out = args.output_dir
     staging = os.path.join(out, f"{STAGING_PREFIX}checkpoint-2")
     assert os.path.isfile(os.path.join(staging, "checkpoint-2", "model.safetensors"))  # half-written, staged
@@ -154,7 +155,7 @@ def test_interrupted_save_is_never_picked_up(tiny_model_dir, tmp_path, tiny_docs
 
     resumed = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=3, save_strategy="steps", save_steps=1),
                          train_dataset=tiny_docs)
-    resumed.train(resume_from_checkpoint=True)
+    result = rlp_trl.train(resumed, resume_from_checkpoint=True)
     assert resumed.state.global_step == 3 and resumed.teacher.num_updates == 3
     assert not any(name.startswith(STAGING_PREFIX) for name in os.listdir(out))  # stale staging removed
     assert [checkpoint_problem(os.path.join(out, f"checkpoint-{i}")) for i in (1, 2, 3)] == [None, None, None]
@@ -207,8 +208,8 @@ def test_sigint_saves_a_complete_checkpoint_and_stops(tiny_model_dir, tmp_path, 
                          callbacks=[_SignalAtStep(1, signal.SIGINT)])
     # what the process had before (default_int_handler in a terminal; SIG_IGN when started in the background)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    trainer.train()  # no KeyboardInterrupt: the step finishes, a checkpoint is saved, training stops
-    assert trainer.interrupted == "SIGINT" and trainer.state.global_step == 1
+    result = rlp_trl.train(trainer)  # no KeyboardInterrupt: the step finishes, a checkpoint is saved, training stops
+    assert result.interrupted == "SIGINT" and trainer.state.global_step == 1
     checkpoint = os.path.join(trainer.args.output_dir, "checkpoint-1")  # even with save_strategy="no"
     assert checkpoint_problem(checkpoint) is None
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
@@ -254,9 +255,9 @@ def test_sigterm_to_a_training_process_then_resume(tiny_model_dir, tmp_path):
     docs = Dataset.from_dict({"text": tiny_corpus(40)})
     resumed = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, output_dir=str(out), max_steps=step + 1),
                          train_dataset=docs)
-    resumed.train(resume_from_checkpoint=True)
+    result = rlp_trl.train(resumed, resume_from_checkpoint=True)
     assert resumed.state.global_step == step + 1 and resumed.teacher.num_updates == step + 1
-    assert resumed.interrupted is None
+    assert result.interrupted is None
 
 
 # ---------------------------------------------------------------------------------------------- issue 14: content
@@ -324,8 +325,8 @@ def test_resuming_a_finished_run_is_a_no_op(reference, tiny_model_dir, tmp_path,
                                                           save_steps=1, **EXACT),
                          train_dataset=Dataset.from_dict({"text": tiny_corpus(40)}))
     before = _params(trainer.model)
-    trainer.train(resume_from_checkpoint=str(out / "checkpoint-4") if mode == "path" else mode)
-    assert trainer.already_finished == 4 and trainer.state.global_step == 4
+    result = rlp_trl.train(trainer, resume_from_checkpoint=str(out / "checkpoint-4") if mode == "path" else mode)
+    assert result.finished_at == 4 and trainer.state.global_step == 4
     assert "already at max_steps 4" in capsys.readouterr().out
     assert sorted(os.listdir(out)) == ["checkpoint-3", "checkpoint-4"]  # no checkpoint-5, nothing rewritten
     assert _same(_params(trainer.model), before)
@@ -342,11 +343,10 @@ def test_resume_refuses_another_corpus_or_an_ignored_setting(reference, tiny_mod
     from rlp_trl.usage import UsageError  # a user error: one line and exit status 2 from rlp-train (issue 21)
 
     with pytest.raises(UsageError, match=rf"refusing to resume: resuming from .*checkpoint-2: {expected}"):
-        trainer.train(resume_from_checkpoint=checkpoint)
+        rlp_trl.train(trainer, resume_from_checkpoint=checkpoint)
     assert trainer.state.global_step == 2 or trainer.state.global_step == 0  # nothing trained
-    warned = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, resume_mismatch="warn", **settings),
-                        train_dataset=Dataset.from_dict({"text": docs}))
-    warned.train(resume_from_checkpoint=checkpoint)
+    warned = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, **settings), train_dataset=Dataset.from_dict({"text": docs}))
+    rlp_trl.train(warned, resume_from_checkpoint=checkpoint, run_config=RunConfig(resume_mismatch="warn"))
     assert warned.state.global_step == 4 and any("WARNING, resuming from" in r.getMessage() for r in caplog.records)
 
 

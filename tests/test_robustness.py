@@ -4,6 +4,7 @@ silent corruption. Documents, tokenizers, think markers, thoughts, context windo
 import dataclasses
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,12 +12,14 @@ from datasets import Dataset, IterableDataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import rlp_trl
 import rlp_trl.trainer as trainer_module
 from conftest import tiny_config
-from rlp_trl import RLPTrainer
+from rlp_trl import RLPTrainer, RunConfig
 from rlp_trl.data import _window, build_position_dataset
 from rlp_trl.markers import find_text_marker, split_thought_text
-from rlp_trl.resilience import NonFiniteError, NonFiniteGuard
+from rlp_trl.resilience import NonFiniteError, NonFiniteGuard, guard
+from rlp_trl.rewards import exclude_nonfinite_groups
 from tiny_model import _TEXT, EOS, THINK_OPEN, tiny_corpus
 
 
@@ -133,7 +136,7 @@ def test_streaming_dataset_without_usable_rows_fails_at_train_start(tiny_model_d
     stream = IterableDataset.from_generator(lambda: ({"text": t} for t in docs))
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=2), train_dataset=stream)
     with pytest.raises(ValueError, match="no usable positions"):
-        trainer.train()
+        rlp_trl.train(trainer)
     assert trainer.state.global_step == 0
 
 
@@ -279,23 +282,19 @@ def test_g_must_divide_the_batch(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- non-finite values
-class _FakeTrainer:
-    def __init__(self):
-        from collections import defaultdict
-
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self.state = type("S", (), {"global_step": 6})()
+_ONE_PROCESS = SimpleNamespace(num_processes=1, unwrap_model=lambda m: m, scaler=None)
 
 
 def test_nonfinite_rewards_guard_unit():
     rewards = torch.tensor([0.1, float("nan"), 0.3, 0.2, 0.5, -0.5, float("inf"), 0.0, 1.0, 2.0, 3.0, 4.0])
-    guard = NonFiniteGuard(_FakeTrainer(), "skip")
-    out = guard.check_rewards(rewards, 4)
+    out, found = exclude_nonfinite_groups(rewards, 4)
     assert torch.equal(out[:8], torch.zeros(8)) and torch.equal(out[8:], rewards[8:])  # 2 groups zeroed
+    guard = NonFiniteGuard("skip", 20, accelerator=_ONE_PROCESS)
+    guard.check_rewards(found, step=7)
     assert guard.totals == {"rewards": 2, "groups": 2}
     assert guard.events[-1] == {"step": 7, "kind": "rewards", "count": 2}
     with pytest.raises(NonFiniteError, match=r"step 7 \(train\): 2 non-finite reward\(s\) in 2 of 3 group"):
-        NonFiniteGuard(_FakeTrainer(), "raise").check_rewards(rewards, 4)
+        NonFiniteGuard("raise", 20, accelerator=_ONE_PROCESS).check_rewards(found, step=7)
 
 
 def _nan_first_reward(real):
@@ -310,18 +309,18 @@ def _nan_first_reward(real):
 @pytest.mark.parametrize("mode", ["skip", "raise"])
 def test_nonfinite_rewards_in_training(tiny_model_dir, tmp_path, tiny_docs, monkeypatch, mode, caplog):
     monkeypatch.setattr(trainer_module, "information_gain", _nan_first_reward(trainer_module.information_gain))
-    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=2, on_nonfinite=mode),
-                         train_dataset=tiny_docs)
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=2), train_dataset=tiny_docs)
+    nonfinite_guard = guard(trainer, RunConfig(on_nonfinite=mode)).nonfinite_guard
     if mode == "raise":
         before = _params(trainer.model)
         with pytest.raises(NonFiniteError, match=r"step 1 \(train\): 1 non-finite reward"):
-            trainer.train()
+            rlp_trl.train(trainer)
         assert all(torch.equal(before[k], v) for k, v in _params(trainer.model).items())
         return
-    trainer.train()
+    rlp_trl.train(trainer)
     assert trainer.state.global_step == 2
-    assert trainer.nonfinite_guard.totals["rewards"] == 2  # one per step, reported with its step
-    assert [e["step"] for e in trainer.nonfinite_guard.events] == [1, 2]
+    assert nonfinite_guard.totals["rewards"] == 2  # one per step, reported with its step
+    assert [e["step"] for e in nonfinite_guard.events] == [1, 2]
     assert all(torch.isfinite(v).all() for v in _params(trainer.model).values())
     logged = [h["rlp/nonfinite_rewards"] for h in trainer.state.log_history if "rlp/nonfinite_rewards" in h]
     assert logged == [1.0, 1.0]
@@ -329,8 +328,8 @@ def test_nonfinite_rewards_in_training(tiny_model_dir, tmp_path, tiny_docs, monk
 
 @pytest.mark.parametrize("mode", ["skip", "raise"])
 def test_nonfinite_gradients_never_reach_the_weights(tiny_model_dir, tmp_path, tiny_docs, mode):
-    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=2, on_nonfinite=mode),
-                         train_dataset=tiny_docs)
+    trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=2), train_dataset=tiny_docs)
+    nonfinite_guard = guard(trainer, RunConfig(on_nonfinite=mode)).nonfinite_guard
     model = trainer.accelerator.unwrap_model(trainer.model)
 
     def poison(module, args, output):  # NaN hidden states only in the training forward (sampling/scoring: no grad)
@@ -340,10 +339,10 @@ def test_nonfinite_gradients_never_reach_the_weights(tiny_model_dir, tmp_path, t
     before = _params(model)
     if mode == "raise":
         with pytest.raises(NonFiniteError, match="step 1: non-finite gradients"):
-            trainer.train()
+            rlp_trl.train(trainer)
     else:
-        trainer.train()
-        assert trainer.state.global_step == 2 and trainer.nonfinite_guard.totals["steps"] == 2
+        rlp_trl.train(trainer)
+        assert trainer.state.global_step == 2 and nonfinite_guard.totals["steps"] == 2
         assert trainer.optimizer.state == {} or all(
             not s for s in trainer.optimizer.state.values()
         )  # AdamW never stepped: no moments
@@ -357,7 +356,7 @@ def test_degenerate_weights_fail_at_train_start(tiny_model_dir, tmp_path, tiny_d
     with torch.no_grad():
         trainer.accelerator.unwrap_model(trainer.model).model.norm.weight[0] = math.inf
     with pytest.raises(NonFiniteError, match="model.norm.weight"):
-        trainer.train()
+        rlp_trl.train(trainer)
 
 
 # ---------------------------------------------------------------------------------------------- CLI values

@@ -43,6 +43,7 @@ from .nonfinite import (
     NonFiniteError,
     NonFiniteGuard,
     optimizer_tensors,
+    runaway_gain_limit,
     sampling_error,
     scan_tensors,
     teacher_tensors,
@@ -59,6 +60,7 @@ from .resume import (
     optimisation_settings,
     shape_fingerprint,
 )
+from .run import GuardedRun, RunResult, guard, train
 from .signals import DUPLICATE_WINDOW_S, REGISTRY_ENV, GracefulStop
 from .staging import (
     CheckpointSaveError,
@@ -73,11 +75,11 @@ from .staging import (
 __all__ = [
     "COMPLETE_MARKER", "CONTENT_ROWS", "DUPLICATE_WINDOW_S", "IGNORED_ON_RESUME", "MARKER_VERSION", "REGISTRY_ENV",
     "RESUME_STATE", "RUNAWAY_GAIN_FACTOR", "RUNAWAY_WEIGHT_FACTOR", "STAGING_PREFIX", "ZERO_GRAD_STEPS",
-    "CheckpointSaveError", "CheckpointStager", "GracefulStop", "NonFiniteError", "NonFiniteGuard", "OutputDirLock",
+    "CheckpointSaveError", "CheckpointStager", "GracefulStop", "GuardedRun", "RunResult", "guard", "train", "NonFiniteError", "NonFiniteGuard", "OutputDirLock",
     "OutputDirLockedError", "ResumeState", "check_context_window", "check_finite_weights", "check_launch",
     "check_stream_nonempty", "checkpoint_problem", "claim_output_dir", "claimed_output_dir", "content_fingerprint",
     "data_fingerprint", "ensure_pad_token", "finished_at", "last_complete_checkpoint", "list_checkpoints", "load_finished",
     "on_main_then_everywhere", "optimisation_settings", "optimizer_tensors", "preflight", "remove_stale_staging",
-    "resolve_resume_checkpoint", "sampling_error", "save_failure", "scan_tensors", "shape_fingerprint",
+    "resolve_resume_checkpoint", "runaway_gain_limit", "sampling_error", "save_failure", "scan_tensors", "shape_fingerprint",
     "teacher_tensors", "verify_state_finite", "write_complete_marker",
 ]
