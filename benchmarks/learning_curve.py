@@ -28,7 +28,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from rlp_trl import RLPConfig, RLPTrainer  # noqa: E402  (first: it quiets library warnings that are not the user's)
+import rlp_trl  # noqa: E402  (first: it quiets library warnings that are not the user's)
+from rlp_trl import RLPConfig, RLPTrainer  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402, I001
 from rlp_trl.tools.assets import default_corpus_path, default_model_path  # noqa: E402
 from rlp_trl.tools.eval import EvalArguments, run_eval  # noqa: E402
@@ -129,7 +130,7 @@ def train(args: CurveArguments, base: str, train_docs) -> tuple[list[tuple[int, 
     budget = Budget(trainer, args.minutes, args.snapshots, os.path.join(args.output_dir, "snapshots"), steps)
     trainer.add_callback(budget)
     start = time.time()
-    trainer.train()
+    rlp_trl.train(trainer)  # with the run's guarantees (non-finite guard), as rlp-train runs
     seconds = time.time() - start
     log = [h for h in trainer.state.log_history if "rlp/info_gain_mean" in h]
     return budget.saved, log, seconds

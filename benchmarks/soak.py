@@ -91,7 +91,7 @@ def config(out: str, steps: int, save_steps: int, seed: int):
         num_generations=4, per_device_train_batch_size=8, max_completion_length=8, max_context_tokens=64,
         min_context_tokens=4, learning_rate=1e-3, ema_decay=0.99, logging_steps=10, save_strategy="steps",
         save_steps=save_steps, save_total_limit=2, report_to=[], disable_tqdm=True, seed=seed,
-        dataloader_num_workers=0, on_nonfinite="skip", max_document_chars=20_000,
+        dataloader_num_workers=0, max_document_chars=20_000,
     )
 
 
@@ -159,13 +159,16 @@ def worker(args) -> int:
         emit("data", documents=stats.documents, positions=stats.positions, skipped=stats.skipped,
              windowed=stats.windowed)
     started = time.time()
-    trainer.train(resume_from_checkpoint="auto" if args.resume else None)
-    guard = trainer.nonfinite_guard
-    emit("end", step=trainer.state.global_step, interrupted=trainer.interrupted, nonfinite=dict(guard.totals),
-         events=list(guard.events), already_finished=trainer.already_finished, train_s=time.time() - started)
-    if trainer.interrupted:
-        return 128 + int(getattr(signal, trainer.interrupted))
-    if trainer.already_finished is not None:
+    from rlp_trl import RunConfig, train
+    from rlp_trl.resilience import guard
+
+    result = train(trainer, "auto" if args.resume else None, RunConfig(on_nonfinite="skip"))
+    nonfinite = guard(trainer).nonfinite_guard
+    emit("end", step=trainer.state.global_step, interrupted=result.interrupted, nonfinite=dict(nonfinite.totals),
+         events=list(nonfinite.events), already_finished=result.finished_at, train_s=time.time() - started)
+    if result.interrupted:
+        return 128 + int(getattr(signal, result.interrupted))
+    if result.finished_at is not None:
         return 0
     torch.save({"policy": {k: v.detach() for k, v in model.named_parameters()},
                 "teacher": {k: v.detach() for k, v in trainer.teacher.module.named_parameters()}},

@@ -7,6 +7,7 @@ check_trl_compat()  # TRL/transformers have the private members RLPTrainer uses,
 
 from .config import RLPConfig
 from .loss import clipped_thought_loss
+from .resilience.options import RunConfig
 from .resilience.run import RunResult, train
 from .rewards import group_advantages, information_gain
 from .teacher import EMATeacher, ema_update_
@@ -20,6 +21,7 @@ __all__ = [
     "ema_update_",
     "group_advantages",
     "information_gain",
+    "RunConfig",
     "RunResult",
     "train",
 ]

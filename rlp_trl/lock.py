@@ -1,6 +1,6 @@
 """One writer per `output_dir` (docs/reliability.md).
 
-`RLPTrainer.train()` takes `<output_dir>/.rlp-lock` before it touches the folder (stale staging clean-up, checkpoints,
+`rlp_trl.train(trainer)` takes `<output_dir>/.rlp-lock` before it touches the folder (stale staging clean-up, checkpoints,
 the final model) and releases it when training ends. The file names its holder: host, pid, the process's start time
 (so a recycled pid is not taken for the holder), the SLURM job id if any, the command line and a heartbeat refreshed
 every `HEARTBEAT_S` seconds by a daemon thread.

@@ -9,6 +9,7 @@
 `RLPTrainer._generate_and_score_completions` is these calls in this order.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,6 +86,13 @@ class ThoughtCutter:
     close_ids: tuple[int, ...]
     close_text: str | None = None  # set for text markers
     decode: Callable[[list[int]], str] | None = None
+
+    @classmethod
+    def for_markers(cls, stop_ids, close_ids, close_text: str | None = None, tokenizer=None) -> "ThoughtCutter":
+        """Cut at the first of `stop_ids` (EOS and a single-token close marker), or, given `close_text` (text markers),
+        at the first spelling of it in the text `tokenizer` decodes."""
+        decode = functools.partial(tokenizer.decode, clean_up_tokenization_spaces=False) if close_text else None
+        return cls(frozenset(stop_ids), tuple(close_ids), close_text, decode)
 
     def __call__(self, sampled: list[int]) -> tuple[list[int], str]:
         if self.close_text is None:

@@ -20,7 +20,6 @@ import functools
 import os
 
 import torch
-from transformers import AutoTokenizer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context
@@ -29,23 +28,19 @@ from trl.trainer.utils import use_adapter
 
 from ._trl_compat import check_trl_compat
 from .config import RLPConfig
-from .data import to_position_dataset
 from .fast.generation import hf_generation_config, prefix_shared_sample, training_prefix_sharing, uses_prefix_sharing
 from .fast.generation import vllm_stop_kwargs
 from .fast.scoring import score_sequence_ends
 from .fast.shared_prefix import completion_scores, packable, policy_logps
 from .likelihood import LikelihoodRequest, likelihood_loss
-from .loading import disable_attention_dropout, kv_cache_on, load_policy
+from .loading import disable_attention_dropout, kv_cache_on
 from .marker_lr import marker_lr_callback
-from .markers import markers_missing, think_markers
 from .metrics import completion_table, extend_logs, generation_metrics, rlp_metrics
 from .model_card import CITATION, write_card
+from .prepare import prepare
 from .rewards import exclude_nonfinite_groups, group_advantages, information_gain, reward_for
 from .rollouts import PaddedBatch, Rollouts, ThoughtCutter, cut_thoughts, pack_for_trl, tensorize, vllm_is_ratio
-from .surprise import make_position_scorer
 from .teacher import EMAUpdateCallback, build_teacher
-from .tokens import ensure_pad_token
-from .window import fit_context_window
 
 
 def _reward_computed_in_batch(*args, **kwargs):
@@ -92,33 +87,16 @@ class RLPTrainer(GRPOTrainer):
         args = args or RLPConfig(f"{str(model_id).rstrip('/').split('/')[-1]}-RLP")
         if not isinstance(args, RLPConfig):
             raise TypeError(f"RLPTrainer needs an RLPConfig, got {type(args).__name__}")
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model_id, padding_side="left",
-                                                             trust_remote_code=args.trust_remote_code)
-        ensure_pad_token(processing_class)  # pad = EOS when missing; a clear error without EOS
-        missing = markers_missing(processing_class, args.think_open, args.think_close)
-        text_markers, grow = missing and args.think_markers_as_text, missing and args.add_think_tokens
-        grow = grow and not text_markers
-        loaded_here = isinstance(model, str) and (grow or args.position_strategy == "surprising")
-        if loaded_here:  # the embeddings grow before GRPOTrainer wraps the model (PEFT, DeepSpeed); `surprising` scores
-            model = load_policy(model, args, quantization_config)  # the corpus with the initial model (= the teacher)
-        self.rlp_base_model, self.rlp_markers_added, self.corpus_name = model_id, grow, None  # for the model card
-        self.think_markers_text = text_markers
-        self.think_open_ids, self.think_close_ids, self.think_close_id, model = think_markers(
-            processing_class, model, args, as_text=text_markers)
-        fit_context_window(model, args, len(self.think_open_ids), len(self.think_close_ids))
-        scorer = None
-        if args.position_strategy == "surprising":  # one pass over the corpus with the initial model
-            scorer = make_position_scorer(model, args.max_context_tokens, processing_class.pad_token_id)
-        (train_dataset, train_stats), (eval_dataset, eval_stats) = (
-            (None, None) if d is None else to_position_dataset(d, processing_class, args, self.think_open_ids, scorer)
-            for d in (train_dataset, eval_dataset))
-        self.position_stats = train_stats or eval_stats
-        with _args_for_grpo(args, self.think_close_id, loaded_here):
+        ready = prepare(model, args, processing_class, train_dataset, eval_dataset, quantization_config)
+        self.think_open_ids, self.think_close_ids, self.think_close_id = ready.open_ids, ready.close_ids, ready.close_id
+        self.think_markers_text, self.position_stats = ready.as_text, ready.position_stats
+        self.rlp_base_model, self.rlp_markers_added, self.corpus_name = model_id, ready.markers_added, None  # model card
+        with _args_for_grpo(args, self.think_close_id, ready.loaded_here):
             super().__init__(
-                model=model, reward_funcs=[_reward_computed_in_batch], args=args, train_dataset=train_dataset,
-                eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
-                peft_config=peft_config, quantization_config=quantization_config if isinstance(model, str) else None,
+                model=ready.model, reward_funcs=[_reward_computed_in_batch], args=args, train_dataset=ready.train_dataset,
+                eval_dataset=ready.eval_dataset, processing_class=ready.tokenizer, callbacks=callbacks,
+                optimizers=optimizers, peft_config=peft_config,
+                quantization_config=quantization_config if isinstance(ready.model, str) else None,
             )
         check_trl_compat(self)  # the private GRPOTrainer attributes RLP relies on exist (rlp_trl/_trl_compat.py)
         if args.disable_dropout:  # TRL zeroed the nn.Dropout modules; the reward is a log-likelihood: no noise in it
@@ -128,10 +106,8 @@ class RLPTrainer(GRPOTrainer):
             self.eos_token_ids = [*self.eos_token_ids, self.think_close_id]
         if not self.use_vllm:
             self.generation_config = hf_generation_config(self.generation_kwargs, self.eos_token_ids, args.min_thought_tokens)
-        self.thought_cutter = ThoughtCutter(  # the first stop token, or a text marker's first spelling
-            frozenset(self.eos_token_ids), tuple(self.think_close_ids), close_text=args.think_close if text_markers else None,
-            decode=functools.partial(self._tokenizer.decode, clean_up_tokenization_spaces=False) if text_markers else None,
-        )
+        self.thought_cutter = ThoughtCutter.for_markers(  # the first stop token, or a text marker's first spelling
+            self.eos_token_ids, self.think_close_ids, args.think_close if self.think_markers_text else None, self._tokenizer)
         self.shares_sampling = uses_prefix_sharing(self)  # fixed once the backend is known
         # the variants, picked once: the reward (eq. 5 or RPT's), the model that scores S_ema (teacher or live policy)
         self.reward = reward_for(args.reward_type, self._tokenizer.decode)
@@ -140,7 +116,7 @@ class RLPTrainer(GRPOTrainer):
         self.teacher = build_teacher(self.model, args, self.accelerator)
         marker_lr = marker_lr_callback(  # marker rows at think_marker_lr_multiplier x the learning rate
             self.accelerator.unwrap_model(self.model), [*self.think_open_ids, self.think_close_id],
-            args.think_marker_lr_multiplier, text_markers=text_markers, partitioned=self.is_fsdp_enabled or (
+            args.think_marker_lr_multiplier, text_markers=self.think_markers_text, partitioned=self.is_fsdp_enabled or (
                 self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3))
         for callback in filter(None, [marker_lr, EMAUpdateCallback(self.teacher, self._unwrapped)]):
             self.add_callback(callback)  # phi <- tau phi + (1 - tau) theta after every optimizer step (Alg. 1, l. 15)

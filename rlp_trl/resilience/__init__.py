@@ -1,6 +1,8 @@
-"""Reliability for long, unattended RLP runs (see docs/reliability.md), as pieces with one concern each. `RLPTrainer`
-builds them in its `__init__` and calls them from its `train` / `_save_checkpoint` / `_load_optimizer_and_scheduler`
-/ `_get_output_dir` overrides:
+"""The run's guarantees, composed around an `RLPTrainer` by `rlp_trl.train(trainer, ...)` (docs/reliability.md).
+
+`run`: the entry point, `train(trainer, resume_from_checkpoint, run_config)`, and `guard(trainer)`, which builds the
+pieces below once per trainer and registers those that are callbacks; `options`: `RunConfig`, the run's options. The
+pieces, one concern each:
 
 * `checkpoints`: the checkpoint format. A completion marker listing every file with its size and sha256 is written
   last; resume (`True` / `"last"` / `"auto"`) picks the newest folder whose marker verifies (sizes, hashes, parseable
@@ -14,7 +16,7 @@ builds them in its `__init__` and calls them from its `train` / `_save_checkpoin
 * `resume`: `ResumeState`, exact resume (GRPO's micro-step counter and buffered rollouts, trl#3247) and the refusal
   (`resume_mismatch="error"`) or warning (`"warn"`) for a resume onto different data or optimisation settings.
 * `signals`: `GracefulStop`, SIGTERM / SIGINT during `train()` finish the current optimizer step, save a complete
-  checkpoint and stop (`RLPTrainer.interrupted` names the signal); a second signal aborts; `rlp-launch` registration.
+  checkpoint and stop (`RunResult.interrupted` names the signal); a second signal aborts; `rlp-launch` registration.
 * `nonfinite`: `NonFiniteGuard`, non-finite rewards, gradients and weights (`on_nonfinite`), runaway flags;
   `verify_state_finite` before every save; `sampling_error` for sampling on NaN/inf probabilities.
 * `preflight`: checks at the start of `train()` (context window, finite weights, a non-empty stream).

@@ -1,5 +1,5 @@
 """Graceful interruption: SIGTERM / SIGINT during `train()` finish the current optimizer step, save a complete
-checkpoint and stop; `RLPTrainer.interrupted` names the signal. A second signal (more than `DUPLICATE_WINDOW_S` after
+checkpoint and stop; `RunResult.interrupted` names the signal. A second signal (more than `DUPLICATE_WINDOW_S` after
 the first) aborts at once. Under `rlp-launch` the training processes register themselves, so the launcher signals
 exactly them and waits."""
 

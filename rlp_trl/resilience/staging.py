@@ -87,7 +87,7 @@ def save_failure(run_dir: str, name: str, err: BaseException) -> CheckpointSaveE
 
 
 class CheckpointStager:
-    """Makes `Trainer._save_checkpoint` atomic and verified; owned by the trainer (`RLPTrainer.checkpoint_stager`).
+    """Makes `Trainer._save_checkpoint` atomic and verified; one per guarded run (`rlp_trl.resilience.run`).
 
     `staging_dir` is the staging root while a checkpoint is being written, else None; the trainer's `_get_output_dir`
     returns it while set, so everything the Trainer, TRL and RLP write for this checkpoint lands in
