@@ -14,7 +14,6 @@ REWARD_TYPES = ("information_gain", "rpt_prefix_match")
 NO_THINK_BASELINES = ("ema", "live")
 TRUNCATED_THOUGHT_MODES = ("close", "mask")
 TEACHER_DEVICES = ("auto", "cpu")
-NONFINITE_MODES = ("skip", "raise")
 
 
 def _is_int(value) -> bool:
@@ -195,12 +194,8 @@ class RLPConfig(GRPOConfig):
             Tied embeddings are scaled once; under LoRA only trainable embeddings (`modules_to_save`). Not with text
             markers, ZeRO-3 or FSDP.
 
-        > RLP: robustness (docs/reliability.md)
+        > RLP: robustness (docs/reliability.md; the run's own options are `rlp_trl.RunConfig`)
 
-        on_nonfinite (`str`, *optional*, defaults to `"skip"`):
-            Non-finite rewards (S_pred or S_ema) or gradients. `"skip"`: the groups with a non-finite reward get zero
-            advantages and an optimizer step with non-finite gradients is not applied; each event is logged with its
-            step and counted (`rlp/nonfinite_rewards`, `rlp/skipped_steps`). `"raise"`: training stops at the first one.
         max_document_chars (`int`, *optional*, defaults to `1000000`):
             Caps the tokenization cost of a document: a longer one is replaced by a window of this many characters at
             a seeded random offset (counted as `windowed`). `0` disables the cap.
@@ -208,15 +203,6 @@ class RLPConfig(GRPOConfig):
             Markers that are not single tokens are used as plain text (several tokens, vocabulary unchanged) instead of
             being added as special tokens; a thought then ends at the first occurrence of the close marker in its
             text, however it was tokenized (generation itself stops only at EOS or the length limit).
-        handle_signals (`bool`, *optional*, defaults to `True`):
-            On SIGTERM/SIGINT during `train()`, finish the optimizer step, save a complete checkpoint and stop.
-        nonfinite_patience (`int`, *optional*, defaults to `20`):
-            Training stops with `NonFiniteError` after this many optimizer steps in a row skipped for non-finite
-            gradients, or reward batches in a row with every group excluded (the model is degenerate).
-        resume_mismatch (`str`, *optional*, defaults to `"error"`):
-            Resuming onto different training data (content fingerprint) or with an optimisation setting that the
-            checkpoint's optimizer state overrides (`learning_rate`, `weight_decay`, Adam betas/epsilon, `optim`):
-            `"error"` refuses, naming the difference; `"warn"` resumes with a loud warning.
 
         > RLP: speed
 
@@ -305,23 +291,11 @@ class RLPConfig(GRPOConfig):
     )
 
     # Robustness
-    on_nonfinite: str = field(
-        default="skip", metadata={"help": "Non-finite rewards/gradients: 'skip' (exclude, count) or 'raise' (stop)."}
-    )
     max_document_chars: int = field(
         default=1_000_000, metadata={"help": "Longer documents are cut to a seeded window of this many characters (0: off)."}
     )
     think_markers_as_text: bool = field(
         default=False, metadata={"help": "Use multi-token markers as plain text instead of adding them as tokens."}
-    )
-    handle_signals: bool = field(
-        default=True, metadata={"help": "SIGTERM/SIGINT: finish the step, save a checkpoint, stop."}
-    )
-    nonfinite_patience: int = field(
-        default=20, metadata={"help": "Stop after this many skipped steps / all-excluded reward batches in a row."}
-    )
-    resume_mismatch: str = field(
-        default="error", metadata={"help": "Resume on other data or overridden optimiser settings: 'error' or 'warn'."}
     )
 
     # Speed
@@ -345,10 +319,6 @@ class RLPConfig(GRPOConfig):
         checks = [
             (self.teacher_dtype in ("float32", "auto"), f"teacher_dtype must be 'float32' or 'auto', got {self.teacher_dtype!r}"),
             (self.teacher_device in TEACHER_DEVICES, f"teacher_device must be one of {TEACHER_DEVICES}, got {self.teacher_device!r}"),
-            (self.num_generations >= 2, f"num_generations (G) must be >= 2 for eq. 7, got {self.num_generations}"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (self.epsilon > 0 and (self.epsilon_high is None or self.epsilon_high > 0), f"epsilon and epsilon_high must be > 0, got {self.epsilon}, {self.epsilon_high}"),
-            (self.max_completion_length >= 1, f"max_completion_length must be >= 1, got {self.max_completion_length}"),
             (1 <= self.min_thought_tokens <= self.max_completion_length,
              f"min_thought_tokens must be in [1, max_completion_length={self.max_completion_length}], got {self.min_thought_tokens}"),
             (self.think_token_init in THINK_TOKEN_INITS,
@@ -366,12 +336,8 @@ class RLPConfig(GRPOConfig):
              f"no_think_baseline must be one of {NO_THINK_BASELINES}, got {self.no_think_baseline!r}"),
             (bool(self.think_open) and bool(self.think_close) and self.think_open != self.think_close,
              "think_open and think_close must be two different non-empty strings"),
-            (self.on_nonfinite in NONFINITE_MODES, f"on_nonfinite must be one of {NONFINITE_MODES}, got {self.on_nonfinite!r}"),
             (_is_int(self.max_document_chars) and self.max_document_chars >= 0,
              f"max_document_chars must be an integer >= 0 (0 disables the cap), got {self.max_document_chars!r}"),
-            (_is_int(self.nonfinite_patience) and self.nonfinite_patience >= 1,
-             f"nonfinite_patience must be an integer >= 1, got {self.nonfinite_patience!r}"),
-            (self.resume_mismatch in ("error", "warn"), f"resume_mismatch must be 'error' or 'warn', got {self.resume_mismatch!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -423,7 +423,7 @@ def test_misspelled_config_keys_and_flags_say_did_you_mean(case, tmp_path, capsy
 def test_negative_numbers_after_a_flag_are_values(tmp_path):
     from rlp_trl.tools.train import parse_training_args
 
-    _, args, _ = parse_training_args(["--output_dir", str(tmp_path), "--max_grad_norm", "-1e-1", "--seed", "-3"])
+    _, args, _, _ = parse_training_args(["--output_dir", str(tmp_path), "--max_grad_norm", "-1e-1", "--seed", "-3"])
     assert args.seed == -3 and args.max_grad_norm == pytest.approx(-0.1)
 
 
@@ -437,8 +437,8 @@ def test_help_lists_each_boolean_once(capsys):
     negated = [line for line in out.splitlines() if re.match(r"\s+--no_(?!think_baseline)", line)]
     assert negated == [], negated  # 19 entries repeated the positive flag's help with "(default: False)"
     assert "--no_<option> is the same as --<option> false" in " ".join(out.split())
-    _, args, _ = parse_training_args(["--no_handle_signals", "--output_dir", "x"])  # still accepted
-    assert args.handle_signals is False
+    _, _, _, run = parse_training_args(["--no_handle_signals", "--output_dir", "x"])  # still accepted
+    assert run.handle_signals is False
 
 
 # ------------------------------------------------------------------------- issue 21, item 5: torchrun without use_cpu

@@ -393,5 +393,19 @@ def test_cli_rejects_bad_values_at_start(tmp_path, flag, value, field, monkeypat
     monkeypatch.setattr(cli, "RLPTrainer", no_model)
     argv = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--num_generations", "4",
             "--per_device_train_batch_size", "8", "--model_name_or_path", "x", "--dataset_name", "y", f"{flag}={value}"]
-    with pytest.raises(ValueError, match=rf"RLPConfig: {field}\b"):
+    with pytest.raises(ValueError, match=rf"(RLPConfig|RunConfig): {field}\b"):
         cli.main(argv)
+
+
+def test_run_options_live_in_run_config_checked_once_each():
+    from rlp_trl import RLPConfig
+    from rlp_trl.resilience.options import CHECKS
+
+    assert set(CHECKS) == set(RunConfig.__dataclass_fields__)  # every run option has exactly one check
+    with pytest.raises(ValueError, match=r"RunConfig: nonfinite_patience must be an integer >= 1, got 0"):
+        RunConfig(nonfinite_patience=0)
+    with pytest.raises(TypeError, match="on_nonfinite"):  # moved out of the algorithm's config
+        RLPConfig(output_dir="x", on_nonfinite="skip")
+    with pytest.raises(ValueError, match=r"num_generations must be an integer >= 2") as err:
+        RLPConfig(output_dir="x", num_generations=1)
+    assert str(err.value).count("num_generations") == 1

@@ -21,6 +21,7 @@ from ..config import RLPConfig
 from ..data import is_json_lines, read_json_lines
 from ..model_card import learning_windows, window_stats  # noqa: F401 - window_stats: re-exported
 from ..resilience import check_launch
+from ..resilience.options import RunConfig
 from ..resilience.run import train
 from ..trainer import RLPTrainer
 from ..usage import (
@@ -195,24 +196,23 @@ def _rlp_fields() -> list[str]:
 
 
 def parse_training_args(argv: list[str] | None = None, prog: str = "rlp-train"):
-    """(script, RLPConfig, ModelConfig) from the command line / --config; a bad value is a UsageError."""
+    """(script, RLPConfig, ModelConfig, RunConfig) from the command line / --config; a bad value is a UsageError."""
     from ..usage import prog_name
 
     groups = [
         ("RLP options (RLPConfig; docs/config.md)", RLPConfig, _rlp_fields()),
+        ("run options (RunConfig; docs/reliability.md)", RunConfig, None),
         ("data", RLPScriptArguments, None),
         ("model (TRL ModelConfig: loading, LoRA with --use_peft, 4-bit with --load_in_4bit)", ModelConfig, None),
         ("GRPO and Trainer options (TRL GRPOConfig, transformers TrainingArguments)", RLPConfig, None),
     ]
-    return parse_args(TrlParser, (RLPScriptArguments, RLPConfig, ModelConfig), argv, prog_name(prog), DESCRIPTION,
+    return parse_args(TrlParser, (RLPScriptArguments, RLPConfig, ModelConfig, RunConfig), argv, prog_name(prog), DESCRIPTION,
                       HELP, groups, usage="%(prog)s [--config FILE.yaml] [--model_name_or_path MODEL] "
                       "[--dataset_name CORPUS] [--output_dir DIR] [OPTION ...]")
 
 
 def main(argv: list[str] | None = None) -> RLPTrainer:
-    parsed = parse_training_args(argv)
-    script_args, training_args, model_args = parsed[:3]
-    run_config = parsed[3] if len(parsed) > 3 else None  # TODO(lead): the 4-tuple once RunConfig is parsed
+    script_args, training_args, model_args, run_config = parse_training_args(argv)
     check_model(model_args.model_name_or_path)
     check_path(script_args.dataset_name, "--dataset_name", "corpus file or folder, or a Hub dataset name")
     if training_args.resume_from_checkpoint not in (None, "") and str(training_args.resume_from_checkpoint).lower() \
