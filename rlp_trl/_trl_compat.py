@@ -32,6 +32,10 @@ IMPORTS = [
     ("trl.trainer.utils", "selective_log_softmax"),
     ("trl.extras.profiling", "profiling_context"),
     ("trl.models", "unwrap_model_for_generation"),
+    ("trl.trainer.utils", "use_adapter"),  # the reference model for beta > 0: the base with adapters off
+    ("transformers.generation.utils", "GenerationMixin"),
+    ("transformers.trainer_utils", "TrainOutput"),
+    ("transformers.trainer_callback", "TrainerState"),
     ("transformers.cache_utils", "DynamicCache"),
     ("transformers.cache_utils", "DynamicLayer"),
     ("transformers.trainer_utils", "PREFIX_CHECKPOINT_DIR"),
@@ -61,8 +65,33 @@ METHODS = {
     "train": ["resume_from_checkpoint", "trial", "ignore_keys_for_eval"],
 }
 
+# Private transformers members the prefix-shared sampler (rlp_trl/fast/generation.py) calls, with the parameters it
+# passes: the same generation-config preparation, special tokens and logits processors `generate` uses, so that the
+# sampler draws what `generate` draws (tests/test_speed_correctness.py checks the tokens are identical). It also reads
+# `GenerationConfig._pad_token_tensor` / `_eos_token_tensor`, which `_prepare_special_tokens` sets (same test).
+GENERATION_METHODS = {
+    "_prepare_generation_config": ["generation_config"],
+    "_prepare_special_tokens": ["generation_config", "kwargs_has_attention_mask", "device"],
+    "_get_logits_processor": ["generation_config", "input_ids_seq_length", "encoder_input_ids", "device", "model_kwargs"],
+}
+
+# Where RLP keeps a copy of TRL behaviour that TRL does not expose as a callable (TRL 1.16), and the test that fails
+# when TRL's behaviour moves.
+MIRRORS = {
+    "rlp_trl.metrics.generation_metrics": ("GRPOTrainer._generate's completion metrics",
+                                           "tests/test_speed_correctness.py (sharing on vs off log the same values)"),
+    "rlp_trl.rollouts.vllm_is_ratio": ("GRPOTrainer._generate_and_score_completions' vLLM importance weights",
+                                       "tests/test_rollouts.py (four modes by hand; vLLM is not installable here)"),
+    "RLPTrainer._behaviour_logps": ("GRPOTrainer._generate_and_score_completions' old/ref log-prob condition",
+                                    "tests/test_trainer.py::test_old_logps_are_the_behaviour_policy, KL runs"),
+    "RLPTrainer.sample_thoughts": ("GRPOTrainer._generate_single_turn's generation context stack",
+                                   "tests/test_distributed.py (ZeRO-3 sampling), tests/test_speed_correctness.py"),
+}
+
 # TrainerCallback events RLP's callbacks implement (EMA update, non-finite guard, graceful stop).
 CALLBACK_EVENTS = ["on_optimizer_step", "on_pre_optimizer_step", "on_step_end"]
+# Trainer methods the run (rlp_trl.resilience.run) wraps on one trainer instance to stage checkpoints
+WRAPPED = ["_save_checkpoint", "_get_output_dir"]
 
 # Attributes GRPOTrainer.__init__ (or Trainer.__init__) sets that RLP reads or writes.
 ATTRIBUTES = [
@@ -138,6 +167,17 @@ def missing_class_members(grpo_trainer=None, trainer_callback=None) -> list[str]
         unread = [key for key in LOSS_INPUTS if f'"{key}"' not in loss_source]
         if unread:
             problems.append(f"{grpo_trainer.__name__}._compute_loss no longer reads {', '.join(unread)}")
+    from transformers.generation.utils import GenerationMixin
+
+    for name, params in GENERATION_METHODS.items():
+        method = getattr(GenerationMixin, name, None)
+        if not callable(method):
+            problems.append(f"transformers' GenerationMixin.{name} is missing")
+            continue
+        have = inspect.signature(method).parameters
+        lost = [p for p in params if p not in have]
+        if lost:
+            problems.append(f"GenerationMixin.{name} no longer takes {', '.join(lost)}")
     for event in CALLBACK_EVENTS:
         if not callable(getattr(trainer_callback, event, None)):
             problems.append(f"TrainerCallback.{event} is missing")
