@@ -319,7 +319,7 @@ def test_garbage_state_files_without_hashes_are_named_not_crashes(reference, tmp
 
 # ---------------------------------------------------------------------------------------------- issue 14: finished
 @pytest.mark.parametrize("mode", ["auto", "true", "path"])
-def test_resuming_a_finished_run_is_a_no_op(reference, tiny_model_dir, tmp_path, mode, capsys):
+def test_resuming_a_finished_run_is_a_no_op(reference, tiny_model_dir, tmp_path, mode, capsys, caplog):
     out = _copy_run(reference, tmp_path, steps=(3, 4))
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, output_dir=str(out), save_strategy="steps",
                                                           save_steps=1, **EXACT),
@@ -327,7 +327,9 @@ def test_resuming_a_finished_run_is_a_no_op(reference, tiny_model_dir, tmp_path,
     before = _params(trainer.model)
     result = rlp_trl.train(trainer, resume_from_checkpoint=str(out / "checkpoint-4") if mode == "path" else mode)
     assert result.finished_at == 4 and trainer.state.global_step == 4
-    assert "already at max_steps 4" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    logged = [r for r in caplog.records if "already at max_steps" in r.getMessage()]
+    assert (printed.out + printed.err).count("already at max_steps 4") + len(logged) == 1  # said once (issue 21, item 1)
     assert sorted(os.listdir(out)) == ["checkpoint-3", "checkpoint-4"]  # no checkpoint-5, nothing rewritten
     assert _same(_params(trainer.model), before)
 

@@ -306,10 +306,10 @@ def finished_at(checkpoint: str, args) -> int | None:
 
 
 def load_finished(checkpoint: str, step: int, accelerator) -> TrainerState:
-    """The trainer state of a checkpoint that already ends the run (`finished_at`), announced on every process."""
+    """The trainer state of a checkpoint that already ends the run (`finished_at`), announced once (main process, on
+    stdout: a logger warning as well printed it twice on the console)."""
     state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
     message = (f"[rlp_trl] {checkpoint} is already at max_steps {step}: the run has finished, nothing to train "
                f"(raise --max_steps to train further)")
-    logger.warning(message)
     accelerator.print(message)
     return state
