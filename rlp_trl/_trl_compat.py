@@ -22,7 +22,7 @@ import inspect
 
 # Keep in step with setup.cfg (tests/test_compat.py checks) and docs/quickstart.md#installation.
 SUPPORTED = {"trl": ">=1.16.0", "transformers": ">=5.17.0"}
-TESTED = {"trl": "1.16.0", "transformers": "5.17.0 (oldest) and 5.24.0 (newest)"}
+TESTED = {"trl": "1.16.0", "transformers": "5.17.0 (oldest) and 5.25.0 (newest)"}
 
 # (module, attribute): helpers imported from TRL / transformers internals.
 IMPORTS = [
