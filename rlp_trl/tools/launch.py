@@ -9,7 +9,7 @@ for it; `torchrun` (and `accelerate launch` with several processes, which uses i
 sessions, forwards SIGTERM to them and kills them 30 s later; a scheduler that ends the job when the launcher
 exits then never gets the checkpoint. `rlp-launch`:
 
-* runs the command in its own session, with `RLP_LAUNCH_REGISTRY` set: every `RLPTrainer.train()` under it
+* runs the command in its own session, with `RLP_LAUNCH_REGISTRY` set: every `rlp_trl.train(trainer)` under it (`rlp-train` runs one)
   registers its pid there (`rlp_trl.resilience.GracefulStop`);
 * on SIGTERM / SIGINT / SIGHUP / SIGUSR1 / SIGUSR2, sends the signal to exactly the registered training processes (not to the launchers
   between, which would kill or hurry them), or to the command's process group while nothing is registered yet
