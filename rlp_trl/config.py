@@ -24,39 +24,75 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_before_grpo(cfg) -> None:
-    """Values that `GRPOConfig.__post_init__` does arithmetic with, checked first so the error names the field."""
-    checks = [
-        ("num_generations", _is_int(cfg.num_generations) and cfg.num_generations >= 2, "an integer >= 2 (G, eq. 7)"),
-        ("per_device_train_batch_size", _is_int(cfg.per_device_train_batch_size) and cfg.per_device_train_batch_size >= 1,
-         "an integer >= 1"),
-        ("gradient_accumulation_steps", _is_int(cfg.gradient_accumulation_steps) and cfg.gradient_accumulation_steps >= 1,
-         "an integer >= 1"),
-        ("steps_per_generation", cfg.steps_per_generation is None or (_is_int(cfg.steps_per_generation) and cfg.steps_per_generation >= 1),
-         "None or an integer >= 1"),
-        ("generation_batch_size", cfg.generation_batch_size is None or (_is_int(cfg.generation_batch_size) and cfg.generation_batch_size >= 1),
-         "None or an integer >= 1"),
-        ("num_iterations", _is_int(cfg.num_iterations) and cfg.num_iterations >= 1, "an integer >= 1"),
-        ("max_completion_length", _is_int(cfg.max_completion_length) and cfg.max_completion_length >= 1,
-         "an integer >= 1 (the thought length)"),
-        ("learning_rate", _is_number(cfg.learning_rate) and cfg.learning_rate >= 0, "a finite number >= 0"),
-        ("temperature", _is_number(cfg.temperature) and cfg.temperature > 0, "a finite number > 0"),
-        ("top_p", _is_number(cfg.top_p) and 0 < cfg.top_p <= 1, "in (0, 1]"),
-        ("epsilon", _is_number(cfg.epsilon) and cfg.epsilon > 0, "a finite number > 0"),
-        ("epsilon_high", cfg.epsilon_high is None or (_is_number(cfg.epsilon_high) and cfg.epsilon_high > 0),
-         "None or a finite number > 0"),
-        ("ema_decay", _is_number(cfg.ema_decay) and 0 < cfg.ema_decay < 1, "in (0, 1) (tau of the EMA teacher)"),
-        ("reward_discount", _is_number(cfg.reward_discount) and 0 < cfg.reward_discount <= 1, "in (0, 1]"),
-        ("reader_nll_coef", _is_number(cfg.reader_nll_coef) and cfg.reader_nll_coef >= 0, "a finite number >= 0"),
-        ("nothink_nll_coef", _is_number(cfg.nothink_nll_coef) and cfg.nothink_nll_coef >= 0, "a finite number >= 0"),
-        ("think_marker_lr_multiplier", _is_number(cfg.think_marker_lr_multiplier) and cfg.think_marker_lr_multiplier > 0,
-         "a finite number > 0"),
-    ]
-    for name in ("max_context_tokens", "min_context_tokens", "positions_per_document", "reward_horizon", "min_thought_tokens"):
-        checks.append((name, _is_int(getattr(cfg, name)), "an integer"))
-    for name, ok, expected in checks:
-        if not ok:
+def _int_at_least(low):
+    return lambda v: _is_int(v) and v >= low
+
+
+def _number_in(low, high, low_open=False, high_open=False):
+    return lambda v: _is_number(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+
+def _one_of(choices):
+    return lambda v: v in choices
+
+
+# Each field's check, once: (field, predicate, what it must be). Run before `GRPOConfig.__post_init__`, which does
+# arithmetic with several of them, so a bad value is reported by name instead of as a TypeError deep inside.
+FIELD_CHECKS = [
+    # GRPO and Trainer fields RLP relies on
+    ("num_generations", _int_at_least(2), "an integer >= 2 (G, eq. 7)"),
+    ("per_device_train_batch_size", _int_at_least(1), "an integer >= 1"),
+    ("gradient_accumulation_steps", _int_at_least(1), "an integer >= 1"),
+    ("steps_per_generation", lambda v: v is None or _int_at_least(1)(v), "None or an integer >= 1"),
+    ("generation_batch_size", lambda v: v is None or _int_at_least(1)(v), "None or an integer >= 1"),
+    ("num_iterations", _int_at_least(1), "an integer >= 1"),
+    ("max_completion_length", _int_at_least(1), "an integer >= 1 (the thought length)"),
+    ("learning_rate", _number_in(0, math.inf), "a finite number >= 0"),
+    ("temperature", _number_in(0, math.inf, low_open=True), "a finite number > 0"),
+    ("top_p", _number_in(0, 1, low_open=True), "in (0, 1]"),
+    ("epsilon", _number_in(0, math.inf, low_open=True), "a finite number > 0"),
+    ("epsilon_high", lambda v: v is None or _number_in(0, math.inf, low_open=True)(v), "None or a finite number > 0"),
+    # RLP's fields
+    ("ema_decay", _number_in(0, 1, low_open=True, high_open=True), "in (0, 1) (tau of the EMA teacher)"),
+    ("teacher_dtype", _one_of(("float32", "auto")), "'float32' or 'auto'"),
+    ("teacher_device", _one_of(TEACHER_DEVICES), f"one of {TEACHER_DEVICES}"),
+    ("think_token_init", _one_of(THINK_TOKEN_INITS), f"one of {THINK_TOKEN_INITS}"),
+    ("truncated_thoughts", _one_of(TRUNCATED_THOUGHT_MODES), f"one of {TRUNCATED_THOUGHT_MODES}"),
+    ("min_thought_tokens", _int_at_least(1), "an integer >= 1"),
+    ("max_context_tokens", _int_at_least(1), "an integer >= 1"),
+    ("min_context_tokens", _int_at_least(0), "an integer >= 0"),
+    ("positions_per_document", _int_at_least(1), "an integer >= 1"),
+    ("position_strategy", _one_of(POSITION_STRATEGIES), f"one of {POSITION_STRATEGIES}"),
+    ("reward_horizon", _int_at_least(1), "an integer >= 1"),
+    ("reward_discount", _number_in(0, 1, low_open=True), "in (0, 1]"),
+    ("reward_type", _one_of(REWARD_TYPES), f"one of {REWARD_TYPES}"),
+    ("no_think_baseline", _one_of(NO_THINK_BASELINES), f"one of {NO_THINK_BASELINES}"),
+    ("reader_nll_coef", _number_in(0, math.inf), "a finite number >= 0"),
+    ("nothink_nll_coef", _number_in(0, math.inf), "a finite number >= 0"),
+    ("think_marker_lr_multiplier", _number_in(0, math.inf, low_open=True), "a finite number > 0"),
+    ("max_document_chars", _int_at_least(0), "an integer >= 0 (0 disables the cap)"),
+]
+
+
+def _check_fields(cfg) -> None:
+    for name, ok, expected in FIELD_CHECKS:
+        if not ok(getattr(cfg, name)):
             raise UsageError(f"RLPConfig: {name} must be {expected}, got {getattr(cfg, name)!r}")
+
+
+def _check_across_fields(cfg) -> None:
+    """The checks that relate two fields."""
+    checks = [
+        (cfg.min_thought_tokens <= cfg.max_completion_length,
+         f"min_thought_tokens must be in [1, max_completion_length={cfg.max_completion_length}], got {cfg.min_thought_tokens}"),
+        (cfg.min_context_tokens <= cfg.max_context_tokens,
+         f"min_context_tokens must be in [0, max_context_tokens={cfg.max_context_tokens}], got {cfg.min_context_tokens}"),
+        (bool(cfg.think_open) and bool(cfg.think_close) and cfg.think_open != cfg.think_close,
+         "think_open and think_close must be two different non-empty strings"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(f"RLPConfig: {message}")
 
 
 def _name_the_batch_fix(cfg, error: ValueError) -> ValueError:
@@ -305,7 +341,7 @@ class RLPConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        _check_before_grpo(self)  # fields GRPOConfig computes with: reject bad values before they turn into TypeErrors
+        _check_fields(self)  # each field once, before GRPOConfig computes with them (FIELD_CHECKS)
         if self.bf16 is None and not self.fp16:
             # GRPOConfig turns bf16 on unconditionally, which TrainingArguments rejects on CPU-only machines; use it
             # wherever a bf16-capable accelerator is present, as the paper does, and fp32 elsewhere.
@@ -316,29 +352,4 @@ class RLPConfig(GRPOConfig):
             super().__post_init__()
         except ValueError as error:
             raise _name_the_batch_fix(self, error) from error
-        checks = [
-            (self.teacher_dtype in ("float32", "auto"), f"teacher_dtype must be 'float32' or 'auto', got {self.teacher_dtype!r}"),
-            (self.teacher_device in TEACHER_DEVICES, f"teacher_device must be one of {TEACHER_DEVICES}, got {self.teacher_device!r}"),
-            (1 <= self.min_thought_tokens <= self.max_completion_length,
-             f"min_thought_tokens must be in [1, max_completion_length={self.max_completion_length}], got {self.min_thought_tokens}"),
-            (self.think_token_init in THINK_TOKEN_INITS,
-             f"think_token_init must be one of {THINK_TOKEN_INITS}, got {self.think_token_init!r}"),
-            (self.truncated_thoughts in TRUNCATED_THOUGHT_MODES, f"truncated_thoughts must be one of {TRUNCATED_THOUGHT_MODES}, got {self.truncated_thoughts!r}"),
-            (self.max_context_tokens >= 1, f"max_context_tokens must be >= 1, got {self.max_context_tokens}"),
-            (0 <= self.min_context_tokens <= self.max_context_tokens,
-             f"min_context_tokens must be in [0, max_context_tokens={self.max_context_tokens}], got {self.min_context_tokens}"),
-            (self.positions_per_document >= 1, f"positions_per_document must be >= 1, got {self.positions_per_document}"),
-            (self.position_strategy in POSITION_STRATEGIES, f"position_strategy must be one of {POSITION_STRATEGIES}, got {self.position_strategy!r}"),
-            (self.reward_horizon >= 1, f"reward_horizon must be >= 1, got {self.reward_horizon}"),
-            (0.0 < self.reward_discount <= 1.0, f"reward_discount must be in (0, 1], got {self.reward_discount}"),
-            (self.reward_type in REWARD_TYPES, f"reward_type must be one of {REWARD_TYPES}, got {self.reward_type!r}"),
-            (self.no_think_baseline in NO_THINK_BASELINES,
-             f"no_think_baseline must be one of {NO_THINK_BASELINES}, got {self.no_think_baseline!r}"),
-            (bool(self.think_open) and bool(self.think_close) and self.think_open != self.think_close,
-             "think_open and think_close must be two different non-empty strings"),
-            (_is_int(self.max_document_chars) and self.max_document_chars >= 0,
-             f"max_document_chars must be an integer >= 0 (0 disables the cap), got {self.max_document_chars!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(f"RLPConfig: {message}")
+        _check_across_fields(self)

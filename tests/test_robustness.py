@@ -406,6 +406,11 @@ def test_run_options_live_in_run_config_checked_once_each():
         RunConfig(nonfinite_patience=0)
     with pytest.raises(TypeError, match="on_nonfinite"):  # moved out of the algorithm's config
         RLPConfig(output_dir="x", on_nonfinite="skip")
+    from rlp_trl.config import FIELD_CHECKS
+
+    names = [name for name, _, _ in FIELD_CHECKS]
+    assert len(names) == len(set(names))  # the algorithm's fields: one check each too
+    assert all(name in RLPConfig.__dataclass_fields__ for name in names)
     with pytest.raises(ValueError, match=r"num_generations must be an integer >= 2") as err:
         RLPConfig(output_dir="x", num_generations=1)
     assert str(err.value).count("num_generations") == 1
