@@ -207,8 +207,9 @@ def _did_you_mean(name: str, known) -> str:
 def _check_known_options(parser, args: list[str], config: str | None) -> None:
     """A misspelled key of the `--config` file or a misspelled flag is a `UsageError` naming the closest option.
 
-    TRL's parser builds the dataclasses before it looks at unknown names, so an unknown YAML key used to surface as
-    a check failing on the default the key meant to replace (`num_generation: 2` -> "not a multiple of 16")."""
+    Checked first because TRL's parser builds the dataclasses before it looks at unknown names: an unknown YAML key
+    would surface as a check failing on the default the key meant to replace (`num_generation: 2` -> "not a
+    multiple of 16")."""
     import yaml
 
     options = _option_names(parser)
