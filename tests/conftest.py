@@ -92,7 +92,7 @@ def tiny_docs():
 # and TRL's loss against eq. 8 (test_loss_equivalence.py), the likelihood terms and the packed pass (its 4D mask goes
 # through transformers' masking code, which moves between releases).
 COMPAT_MODULES = {"test_compat.py", "test_math.py", "test_data.py", "test_speed_correctness.py", "test_loss_equivalence.py",
-                  "test_likelihood.py", "test_packed_pass.py"}
+                  "test_likelihood.py", "test_packed_pass.py", "test_run.py"}
 COMPAT_TESTS = {
     "test_trainer.py::test_rewards_equal_a_plain_recomputation_first_batch",
     "test_trainer.py::test_only_thought_tokens_receive_gradient",
