@@ -108,7 +108,9 @@ class RLPTrainer(GRPOTrainer):
             self.generation_config = hf_generation_config(self.generation_kwargs, self.eos_token_ids, args.min_thought_tokens)
         self.thought_cutter = ThoughtCutter.for_markers(  # the first stop token, or a text marker's first spelling
             self.eos_token_ids, self.think_close_ids, args.think_close if self.think_markers_text else None, self._tokenizer)
-        self.shares_sampling = uses_prefix_sharing(self)  # fixed once the backend is known
+        self.shares_sampling = uses_prefix_sharing(  # fixed once the backend is known
+            args.prefix_sharing, vllm=self.use_vllm, continuous_batching=self.use_transformers_continuous_batching,
+            zero_stage=self._zero_stage, ds3_gather_for_generation=args.ds3_gather_for_generation)
         # the variants, picked once: the reward (eq. 5 or RPT's), the model that scores S_ema (teacher or live policy)
         self.reward = reward_for(args.reward_type, self._tokenizer.decode)
         self.no_think_model = self._teacher_scoring if args.no_think_baseline == "ema" else contextlib.nullcontext
@@ -116,13 +118,16 @@ class RLPTrainer(GRPOTrainer):
         self.teacher = build_teacher(self.model, args, self.accelerator)
         marker_lr = marker_lr_callback(  # marker rows at think_marker_lr_multiplier x the learning rate
             self.accelerator.unwrap_model(self.model), [*self.think_open_ids, self.think_close_id],
-            args.think_marker_lr_multiplier, text_markers=self.think_markers_text, partitioned=self.is_fsdp_enabled or (
-                self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3))
+            args.think_marker_lr_multiplier, text_markers=self.think_markers_text, partitioned=self.is_fsdp_enabled or self._zero_stage == 3)
         for callback in filter(None, [marker_lr, EMAUpdateCallback(self.teacher, self._unwrapped)]):
             self.add_callback(callback)  # phi <- tau phi + (1 - tau) theta after every optimizer step (Alg. 1, l. 15)
 
     def _unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def _zero_stage(self) -> int | None:
+        return self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None
 
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self):

@@ -159,11 +159,14 @@ def test_trainer_rewards_equal_straightforward_computation(tiny_model_dir, tiny_
 def test_prefix_sharing_falls_back_for_vllm_flag(tiny_model_dir, tmp_path):
     args = tiny_config(tmp_path)
     trainer = RLPTrainer(tiny_model_dir, args=args, train_dataset=Dataset.from_dict({"text": ["a b c " * 30]}))
-    assert uses_prefix_sharing(trainer)
-    trainer.use_vllm = True  # vLLM keeps its own generation (and prefix caching)
-    assert not uses_prefix_sharing(trainer)
-    trainer.use_vllm, trainer.args.prefix_sharing = False, False
-    assert not uses_prefix_sharing(trainer)
+    assert trainer.shares_sampling
+    backend = dict(vllm=False, continuous_batching=False, zero_stage=None, ds3_gather_for_generation=True)
+    assert uses_prefix_sharing(True, **backend)
+    assert not uses_prefix_sharing(True, **{**backend, "vllm": True})  # vLLM keeps its own generation (and caching)
+    assert not uses_prefix_sharing(True, **{**backend, "continuous_batching": True})
+    assert not uses_prefix_sharing(True, **{**backend, "zero_stage": 3, "ds3_gather_for_generation": False})
+    assert uses_prefix_sharing(True, **{**backend, "zero_stage": 3})  # gathered ZeRO-3 weights: generate as usual
+    assert not uses_prefix_sharing(False, **backend)
 
 
 def test_shared_prefix_loss_pass_equals_full_pass(tiny_model_dir, tiny_docs, tmp_path):

@@ -150,18 +150,12 @@ def prefix_shared_sample(model, prompts, generation_config, suffixes=None) -> Sh
     )
 
 
-def uses_prefix_sharing(trainer) -> bool:
+def uses_prefix_sharing(prefix_sharing: bool, *, vllm: bool, continuous_batching: bool, zero_stage: int | None,
+                        ds3_gather_for_generation: bool) -> bool:
     """Whether `RLPTrainer.sample_thoughts` samples with `prefix_shared_sample`: on (`args.prefix_sharing`) and not
     vLLM, continuous batching, or ZeRO-3 without gathered weights (`generate` needs synced_gpus there)."""
-    zero3_ungathered = (
-        trainer.is_deepspeed_enabled
-        and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
-        and not trainer.args.ds3_gather_for_generation
-    )
-    return (
-        trainer.args.prefix_sharing and not trainer.use_vllm and not trainer.use_transformers_continuous_batching
-        and not zero3_ungathered
-    )
+    zero3_ungathered = zero_stage == 3 and not ds3_gather_for_generation
+    return prefix_sharing and not vllm and not continuous_batching and not zero3_ungathered
 
 
 def loss_pass_sharing(unwrapped, wrapped: bool) -> str | None:
