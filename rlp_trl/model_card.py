@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 
 EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # docstyle-ignore
@@ -79,19 +80,30 @@ def _last(history: list[dict], key: str):
     return values[-1] if values else None
 
 
-def build_card(trainer, model_name: str | None = None, dataset_name: str | None = None) -> str:
-    a = trainer.args
-    history = trainer.state.log_history
-    base_id, base_text = describe_base(getattr(trainer, "rlp_base_model", None))
-    corpus = dataset_name or getattr(trainer, "corpus_name", None)
-    stats = getattr(trainer, "position_stats", None)
-    per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * trainer.accelerator.num_processes
+@dataclass
+class CardFacts:
+    """What the card reports that the trainer's args and state do not hold: the base model (name or path), whether
+    RLP added the think markers to the vocabulary (None: unknown), what building the positions kept and skipped, the
+    corpus's name (set by `rlp-train`), and the LoRA adapters' names (empty: a full model)."""
+
+    base_model: str | None = None
+    markers_added: bool | None = None
+    position_stats: object = None
+    corpus: str | None = None
+    adapters: tuple[str, ...] = ()
+
+
+def build_card(args, state, facts: CardFacts, num_processes: int, model_name: str | None = None,
+               dataset_name: str | None = None) -> str:
+    """The card's markdown, from the run's `RLPConfig`, its `TrainerState` (steps, logged metrics) and `facts`."""
+    a, history = args, state.log_history
+    base_id, base_text = describe_base(facts.base_model)
+    corpus, stats, added, peft = dataset_name or facts.corpus, facts.position_stats, facts.markers_added, facts.adapters
+    per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * num_processes
     contexts = per_step // a.num_generations
     tokens = _last(history, "num_tokens")
     windows = learning_windows(history, per_step)
     open_m, close_m = a.think_open, a.think_close
-    added = getattr(trainer, "rlp_markers_added", None)
-    peft = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", None)
     name = model_name or os.path.basename(str(a.output_dir).rstrip("/"))
 
     front = ["---"]
@@ -115,7 +127,7 @@ def build_card(trainer, model_name: str | None = None, dataset_name: str | None 
         f"| base model | {base_text} |",
         f"| corpus | {f'`{corpus}`' if corpus else 'not recorded'}"
         + (f" ({stats.summary()})" if stats is not None and stats.documents is not None else "") + " |",
-        f"| training | {trainer.state.global_step} optimizer step(s) of {contexts} contexts x {a.num_generations} thoughts"
+        f"| training | {state.global_step} optimizer step(s) of {contexts} contexts x {a.num_generations} thoughts"
         + (f", {int(tokens):,} tokens" if tokens else "") + " |",
     ]
     if windows is None:
@@ -185,9 +197,10 @@ def build_card(trainer, model_name: str | None = None, dataset_name: str | None 
     return "\n".join(lines)
 
 
-def write_card(trainer, folder: str, model_name: str | None = None, dataset_name: str | None = None) -> str:
+def write_card(folder: str, *card) -> str:
+    """`build_card(*card)` as `folder`/README.md; returns its path."""
     path = os.path.join(folder, "README.md")
     os.makedirs(folder, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(build_card(trainer, model_name, dataset_name))
+        f.write(build_card(*card))
     return path

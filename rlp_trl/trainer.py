@@ -28,7 +28,7 @@ from trl.trainer.utils import use_adapter
 
 from ._trl_compat import check_trl_compat
 from .config import RLPConfig
-from .fast.generation import hf_generation_config, prefix_shared_sample, training_prefix_sharing, uses_prefix_sharing
+from .fast.generation import hf_generation_config, loss_pass_sharing, prefix_shared_sample, uses_prefix_sharing
 from .fast.generation import vllm_stop_kwargs
 from .fast.scoring import score_sequence_ends
 from .fast.shared_prefix import completion_scores, packable, policy_logps
@@ -36,7 +36,7 @@ from .likelihood import LikelihoodRequest, likelihood_loss
 from .loading import disable_attention_dropout, kv_cache_on
 from .marker_lr import marker_lr_callback
 from .metrics import completion_table, extend_logs, generation_metrics, rlp_metrics
-from .model_card import CITATION, write_card
+from .model_card import CITATION, CardFacts, write_card
 from .prepare import prepare
 from .rewards import exclude_nonfinite_groups, group_advantages, information_gain, reward_for
 from .rollouts import PaddedBatch, Rollouts, ThoughtCutter, cut_thoughts, pack_for_trl, tensorize, vllm_is_ratio
@@ -90,24 +90,27 @@ class RLPTrainer(GRPOTrainer):
         ready = prepare(model, args, processing_class, train_dataset, eval_dataset, quantization_config)
         self.think_open_ids, self.think_close_ids, self.think_close_id = ready.open_ids, ready.close_ids, ready.close_id
         self.think_markers_text, self.position_stats = ready.as_text, ready.position_stats
-        self.rlp_base_model, self.rlp_markers_added, self.corpus_name = model_id, ready.markers_added, None  # model card
         with _args_for_grpo(args, self.think_close_id, ready.loaded_here):
             super().__init__(
-                model=ready.model, reward_funcs=[_reward_computed_in_batch], args=args, train_dataset=ready.train_dataset,
-                eval_dataset=ready.eval_dataset, processing_class=ready.tokenizer, callbacks=callbacks,
-                optimizers=optimizers, peft_config=peft_config,
+                model=ready.model, reward_funcs=[_reward_computed_in_batch], args=args,
+                train_dataset=ready.train_dataset, eval_dataset=ready.eval_dataset, processing_class=ready.tokenizer,
+                callbacks=callbacks, optimizers=optimizers, peft_config=peft_config,
                 quantization_config=quantization_config if isinstance(ready.model, str) else None,
             )
         check_trl_compat(self)  # the private GRPOTrainer attributes RLP relies on exist (rlp_trl/_trl_compat.py)
+        self.card_facts = CardFacts(model_id, ready.markers_added, ready.position_stats,
+                                    adapters=tuple(getattr(self._unwrapped(), "peft_config", None) or ()))
         if args.disable_dropout:  # TRL zeroed the nn.Dropout modules; the reward is a log-likelihood: no noise in it
             disable_attention_dropout(self.model)
         # generation stops on the close marker as on EOS; TRL reads its generation settings once at init (trl#2820)
         if self.think_close_id is not None and self.think_close_id not in self.eos_token_ids:
             self.eos_token_ids = [*self.eos_token_ids, self.think_close_id]
         if not self.use_vllm:
-            self.generation_config = hf_generation_config(self.generation_kwargs, self.eos_token_ids, args.min_thought_tokens)
+            self.generation_config = hf_generation_config(
+                self.generation_kwargs, self.eos_token_ids, args.min_thought_tokens)
         self.thought_cutter = ThoughtCutter.for_markers(  # the first stop token, or a text marker's first spelling
-            self.eos_token_ids, self.think_close_ids, args.think_close if self.think_markers_text else None, self._tokenizer)
+            self.eos_token_ids, self.think_close_ids, args.think_close if self.think_markers_text else None,
+            self._tokenizer)
         self.shares_sampling = uses_prefix_sharing(  # fixed once the backend is known
             args.prefix_sharing, vllm=self.use_vllm, continuous_batching=self.use_transformers_continuous_batching,
             zero_stage=self._zero_stage, ds3_gather_for_generation=args.ds3_gather_for_generation)
@@ -118,7 +121,8 @@ class RLPTrainer(GRPOTrainer):
         self.teacher = build_teacher(self.model, args, self.accelerator)
         marker_lr = marker_lr_callback(  # marker rows at think_marker_lr_multiplier x the learning rate
             self.accelerator.unwrap_model(self.model), [*self.think_open_ids, self.think_close_id],
-            args.think_marker_lr_multiplier, text_markers=self.think_markers_text, partitioned=self.is_fsdp_enabled or self._zero_stage == 3)
+            args.think_marker_lr_multiplier, text_markers=self.think_markers_text,
+            partitioned=self.is_fsdp_enabled or self._zero_stage == 3)
         for callback in filter(None, [marker_lr, EMAUpdateCallback(self.teacher, self._unwrapped)]):
             self.add_callback(callback)  # phi <- tau phi + (1 - tau) theta after every optimizer step (Alg. 1, l. 15)
 
@@ -146,9 +150,11 @@ class RLPTrainer(GRPOTrainer):
         args, device, gather = self.args, self.accelerator.device, self.accelerator.gather
         prompts, targets = [list(x["prompt"]) for x in inputs], [list(x["target_ids"]) for x in inputs]
         # with single-token markers the sampler scores </think> + x_t.. after each thought in its KV cache
-        rollouts = self.sample_thoughts(prompts, None if self.think_markers_text else [[self.think_close_id] + y for y in targets])
+        suffixes = None if self.think_markers_text else [[self.think_close_id] + y for y in targets]
+        rollouts = self.sample_thoughts(prompts, suffixes)
         thoughts = cut_thoughts(rollouts.sampled_ids, targets, self.thought_cutter, args.reward_horizon,
-                                close_in_loss=args.think_close_in_loss, mask_truncated=args.truncated_thoughts == "mask")
+                                close_in_loss=args.think_close_in_loss,
+                                mask_truncated=args.truncated_thoughts == "mask")
         batch = tensorize(rollouts.prompt_ids, thoughts, self._tokenizer.pad_token_id, device)
         with torch.no_grad():
             s_pred = self._s_pred(rollouts, batch, batch_size)  # eq. 3
@@ -190,7 +196,8 @@ class RLPTrainer(GRPOTrainer):
 
     def sample_thoughts(self, prompts: list[list[int]], suffixes: list[list[int]] | None = None) -> Rollouts:
         """Sample one thought per prompt row (Alg. 1, line 7). The prefix-shared sampler (`rlp_trl.fast.generation`)
-        also scores `suffixes` in its KV cache; vLLM, continuous batching and un-gathered ZeRO-3 use TRL's `_generate`."""
+        also scores `suffixes` in its KV cache; vLLM, continuous batching and un-gathered ZeRO-3 use TRL's
+        `_generate`."""
         if not self.shares_sampling:
             prompt_ids, completion_ids, _, _, logps, *_ = self._generate(prompts)
             return Rollouts(prompt_ids, completion_ids, sampling_logps=logps)
@@ -198,14 +205,16 @@ class RLPTrainer(GRPOTrainer):
             profiling_context(self, "prefix_shared_sample"),
             unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                generation_kwargs=self.generation_kwargs, gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as model,
             torch.no_grad(),
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
             sample = prefix_shared_sample(model, prompts, self.generation_config, suffixes)
         mode, stops = "train" if self.model.training else "eval", {*self.eos_token_ids, self._tokenizer.pad_token_id}
-        metrics = generation_metrics(self.accelerator.gather, prompts, sample.completion_ids, stops, self.accelerator.device)
+        metrics = generation_metrics(
+            self.accelerator.gather, prompts, sample.completion_ids, stops, self.accelerator.device)
         tokens = metrics.pop("tokens")
         self.state.num_input_tokens_seen += tokens if mode == "train" else 0  # as TRL's _generate
         self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
@@ -227,7 +236,8 @@ class RLPTrainer(GRPOTrainer):
         """S_ema (eq. 4): one pass per distinct context (shared by its G rollouts and by the contexts it is a prefix
         of), by the EMA teacher or, with `no_think_baseline="live"`, by the policy itself."""
         with self.no_think_model(self._unwrapped()) as model:
-            scores = score_sequence_ends(model, contexts, self.args.reward_horizon, batch_size, self._tokenizer.pad_token_id)
+            scores = score_sequence_ends(
+                model, contexts, self.args.reward_horizon, batch_size, self._tokenizer.pad_token_id)
         return scores.to(self.accelerator.device)
 
     def _teacher_scoring(self, policy):
@@ -265,15 +275,25 @@ class RLPTrainer(GRPOTrainer):
         keep TRL's own pass."""
         if compute_aux_loss or any(v is not None for v in extra.values()):
             return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **extra)
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                **extra)
         request, self._likelihood_request = self._likelihood_request, None  # the loss pass's, once
         logps, entropies, likelihood = policy_logps(
             model, self.accelerator.unwrap_model(model), input_ids, attention_mask, logits_to_keep,
             batch_size or input_ids.size(0), compute_entropy, self.accelerator.autocast,
-            share=training_prefix_sharing(self, model), request=request)
+            share=self._loss_pass_sharing(model), request=request)
         if request is not None:
             self._likelihood_logps = likelihood
         return logps, entropies, None
+
+    def _loss_pass_sharing(self, model) -> str | None:
+        """`loss_pass_sharing` for one of the trainer's log-prob passes (the loss, theta_old, the reference model's
+        for beta > 0): None when `prefix_sharing` is off or `model` is none of these."""
+        if not self.args.prefix_sharing or model not in (self.model, self.model_wrapped, self.ref_model):
+            return None
+        unwrapped = self.accelerator.unwrap_model(model)
+        checkpointing = self.args.gradient_checkpointing or getattr(unwrapped, "is_gradient_checkpointing", False)
+        return loss_pass_sharing(unwrapped, self.is_deepspeed_enabled or self.is_fsdp_enabled or checkpointing)
 
     # the one value TRL's loss cannot carry: compute_loss asks its log-prob pass for the likelihood terms' log-probs
     _likelihood_request: LikelihoodRequest | None = None
@@ -304,7 +324,8 @@ class RLPTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         # the teacher goes into the checkpoint folder first: the Trainer writes trainer_state.json last
         if self.teacher.initialized:  # every rank: a ZeRO-3 teacher gathers its shards; the saving rank writes
-            checkpoint_dir = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            checkpoint_dir = os.path.join(
+                self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             if self.args.should_save:
                 os.makedirs(checkpoint_dir, exist_ok=True)
             self.teacher.save(checkpoint_dir, write=self.args.should_save)
@@ -320,12 +341,16 @@ class RLPTrainer(GRPOTrainer):
         with kv_cache_on(self._unwrapped()), self.teacher.hidden_from_saving(self._unwrapped()):
             super()._save(output_dir, state_dict)
         if self.args.should_save:
-            write_card(self, output_dir or self.args.output_dir)
+            self._write_card(output_dir or self.args.output_dir)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """RLP's model card (`rlp_trl.model_card`), also written with every saved model."""
         if self.is_world_process_zero():
-            write_card(self, self.args.output_dir, model_name, dataset_name)
+            self._write_card(self.args.output_dir, model_name, dataset_name)
+
+    def _write_card(self, folder, model_name=None, dataset_name=None):
+        """RLP's model card (`rlp_trl.model_card`): written with every saved model and by `create_model_card`."""
+        write_card(folder, self.args, self.state, self.card_facts, self.accelerator.num_processes, model_name,
+                   dataset_name)
 
     def end(self):
         """`Trainer.end` where transformers has it (5.18+); before that, the trackers are finished by accelerate."""

@@ -12,7 +12,6 @@ import sys
 import torch
 
 from rlp_trl import RLPConfig, RLPTrainer
-from rlp_trl.fast.generation import training_prefix_sharing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tiny_model import tiny_corpus  # noqa: E402
@@ -33,7 +32,7 @@ def _checked_compute_loss(self, model, inputs, *args, **kwargs):
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
         mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
         width = inputs["completion_ids"].size(1)
-        REPORT["mode"] = training_prefix_sharing(self, model)
+        REPORT["mode"] = self._loss_pass_sharing(model)
         packed = _passes(self, model, ids, mask, width)
         self.args.prefix_sharing = False
         plain = _passes(self, model, ids, mask, width)

@@ -16,7 +16,6 @@ from conftest import tiny_config
 from tiny_model import build_tiny_gpt2
 
 from rlp_trl import RLPTrainer
-from rlp_trl.fast.generation import training_prefix_sharing
 from rlp_trl.likelihood import LikelihoodRequest
 from rlp_trl.fast.scoring import pad_rows
 from rlp_trl.fast.shared_prefix import packable, packed_logps, padded_logps
@@ -110,11 +109,11 @@ def test_trainer_packs_under_gradient_checkpointing_and_trains(tiny_model_dir, t
     equals the plain one."""
     args = tiny_config(tmp_path, gradient_checkpointing=True, max_steps=1, reader_nll_coef=1.0, nothink_nll_coef=1.0)
     trainer = RLPTrainer(tiny_model_dir, args=args, train_dataset=tiny_docs)
-    assert training_prefix_sharing(trainer, trainer.model) == "packed"
+    assert trainer._loss_pass_sharing(trainer.model) == "packed"
     trainer.train()
     assert trainer.state.global_step == 1
     args.prefix_sharing = False
-    assert training_prefix_sharing(trainer, trainer.model) is None
+    assert trainer._loss_pass_sharing(trainer.model) is None
 
 
 def test_rows_per_packed_sequence_follow_the_flop_estimate():
@@ -181,7 +180,7 @@ def test_s_pred_without_the_sampler_cache_is_packed_and_equals_the_per_row_score
 def test_the_reference_model_pass_shares_its_prompts_too(tiny_model_dir, tmp_path, tiny_docs):
     """beta > 0 (the KL ablation): the reference model's log-probs come from the shared pass and equal TRL's."""
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, beta=0.04), train_dataset=tiny_docs)
-    assert trainer.ref_model is not None and training_prefix_sharing(trainer, trainer.ref_model) == "cache"
+    assert trainer.ref_model is not None and trainer._loss_pass_sharing(trainer.ref_model) == "cache"
     inputs = next(iter(trainer.get_train_dataloader()))
     batch = trainer._generate_and_score_completions(inputs)
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)

@@ -168,16 +168,6 @@ def loss_pass_sharing(unwrapped, wrapped: bool) -> str | None:
     return "packed" if packable(unwrapped) else None
 
 
-def training_prefix_sharing(trainer, model) -> str | None:
-    """`loss_pass_sharing` for one of the trainer's log-prob passes (the loss, theta_old, the reference model's for
-    beta > 0): None when `prefix_sharing` is off or `model` is none of these."""
-    if not trainer.args.prefix_sharing or model not in (trainer.model, trainer.model_wrapped, trainer.ref_model):
-        return None
-    unwrapped = trainer.accelerator.unwrap_model(model)
-    checkpointing = trainer.args.gradient_checkpointing or getattr(unwrapped, "is_gradient_checkpointing", False)
-    return loss_pass_sharing(unwrapped, trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled or checkpointing)
-
-
 def vllm_stop_kwargs(generation_kwargs: dict | None, close_id: int | None, min_thought_tokens: int) -> dict:
     """vLLM SamplingParams additions: stop on the close marker (single-token markers), at least `min_thought_tokens`
     tokens per thought (Alg. 1, line 7)."""

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> RLPTrainer:
         peft_config=get_peft_config(model_args),
         quantization_config=quantization_config,
     )
-    trainer.corpus_name = script_args.dataset_name  # for the model card
+    trainer.card_facts.corpus = script_args.dataset_name
     # resume_from_checkpoint: a path, "true"/"last" (newest complete checkpoint) or "auto" (that, else start fresh)
     result = train(trainer, training_args.resume_from_checkpoint, run_config)
     if result.interrupted:  # SIGTERM/SIGINT: a complete checkpoint was saved; not a finished run, no final model
