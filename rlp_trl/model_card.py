@@ -70,8 +70,8 @@ def learning_windows(log_history: list[dict], rollouts_per_step: int) -> tuple[i
     return n, window_stats(history[:n], rollouts_per_step), window_stats(history[-n:], rollouts_per_step)
 
 
-SHORT_RUN_CAVEAT = ("A short run cannot tell whether thinking is learning: a step's gains spread by about the sd above. "
-                    "The measured answer, held out and paired against the base model: `rlp-eval` and "
+SHORT_RUN_CAVEAT = ("A short run cannot tell whether thinking is learning: a step's gains spread by about the sd "
+                    "above. The measured answer, held out and paired against the base model: `rlp-eval` and "
                     "docs/learning_curve.md of rlp_trl.")
 
 
@@ -98,7 +98,8 @@ def build_card(args, state, facts: CardFacts, num_processes: int, model_name: st
     """The card's markdown, from the run's `RLPConfig`, its `TrainerState` (steps, logged metrics) and `facts`."""
     a, history = args, state.log_history
     base_id, base_text = describe_base(facts.base_model)
-    corpus, stats, added, peft = dataset_name or facts.corpus, facts.position_stats, facts.markers_added, facts.adapters
+    corpus = dataset_name or facts.corpus
+    stats, added, adapters = facts.position_stats, facts.markers_added, facts.adapters
     per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * num_processes
     contexts = per_step // a.num_generations
     tokens = _last(history, "num_tokens")
@@ -111,7 +112,7 @@ def build_card(args, state, facts: CardFacts, num_processes: int, model_name: st
         front.append(f"base_model: {base_id}")
     if corpus and not os.path.exists(os.path.expanduser(str(corpus))) and str(corpus).count("/") == 1:
         front += ["datasets:", f"- {corpus}"]
-    front += ["library_name: " + ("peft" if peft else "transformers"), "tags:", "- trl", "- rlp",
+    front += ["library_name: " + ("peft" if adapters else "transformers"), "tags:", "- trl", "- rlp",
               "- reinforcement-pretraining", "---", ""]
     lines = front + [
         f"# {name}",
@@ -140,8 +141,9 @@ def build_card(args, state, facts: CardFacts, num_processes: int, model_name: st
             f"| thoughts closed by `{close_m}`, same steps | {head['closed']:.0%} -> {tail['closed']:.0%} (ran to the "
             f"length limit: {head['truncated']:.0%} -> {tail['truncated']:.0%}) |",
         ]
-    if peft:
-        lines.append(f"| adapter | LoRA ({', '.join(peft)}); load with `peft.AutoPeftModelForCausalLM.from_pretrained` |")
+    if adapters:
+        lines.append(f"| adapter | LoRA ({', '.join(adapters)}); load with "
+                     "`peft.AutoPeftModelForCausalLM.from_pretrained` |")
     if windows is not None:
         lines += ["", SHORT_RUN_CAVEAT]
     lines += [
@@ -156,7 +158,7 @@ def build_card(args, state, facts: CardFacts, num_processes: int, model_name: st
         "",
         "```python",
         "import torch",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer" if not peft else
+        "from transformers import AutoModelForCausalLM, AutoTokenizer" if not adapters else
         "from peft import AutoPeftModelForCausalLM as AutoModelForCausalLM\nfrom transformers import AutoTokenizer",
         "",
         'path = "<this folder or its Hub id>"',
@@ -184,8 +186,8 @@ def build_card(args, state, facts: CardFacts, num_processes: int, model_name: st
         lines.append(f"| `{field}` | {getattr(a, field)!r} |")
     lines += [
         "",
-        f"Metrics of every logged step: `rlp_metrics.jsonl` next to this card (written by `rlp-train`). Held-out "
-        f"evaluation: `rlp-eval --model_name_or_path <this folder>` (docs/evaluation.md of rlp_trl).",
+        "Metrics of every logged step: `rlp_metrics.jsonl` next to this card (written by `rlp-train`). Held-out "
+        "evaluation: `rlp-eval --model_name_or_path <this folder>` (docs/evaluation.md of rlp_trl).",
         "",
         "## Citation",
         "",
