@@ -24,15 +24,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _int_at_least(low):
+# Predicates for the field checks below (also used by `rlp_trl.RunConfig`)
+def int_at_least(low):
     return lambda v: _is_int(v) and v >= low
 
 
-def _number_in(low, high, low_open=False, high_open=False):
+def number_in(low, high, low_open=False, high_open=False):
     return lambda v: _is_number(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
 
 
-def _one_of(choices):
+def one_of(choices):
     return lambda v: v in choices
 
 
@@ -40,44 +41,45 @@ def _one_of(choices):
 # arithmetic with several of them, so a bad value is reported by name instead of as a TypeError deep inside.
 FIELD_CHECKS = [
     # GRPO and Trainer fields RLP relies on
-    ("num_generations", _int_at_least(2), "an integer >= 2 (G, eq. 7)"),
-    ("per_device_train_batch_size", _int_at_least(1), "an integer >= 1"),
-    ("gradient_accumulation_steps", _int_at_least(1), "an integer >= 1"),
-    ("steps_per_generation", lambda v: v is None or _int_at_least(1)(v), "None or an integer >= 1"),
-    ("generation_batch_size", lambda v: v is None or _int_at_least(1)(v), "None or an integer >= 1"),
-    ("num_iterations", _int_at_least(1), "an integer >= 1"),
-    ("max_completion_length", _int_at_least(1), "an integer >= 1 (the thought length)"),
-    ("learning_rate", _number_in(0, math.inf), "a finite number >= 0"),
-    ("temperature", _number_in(0, math.inf, low_open=True), "a finite number > 0"),
-    ("top_p", _number_in(0, 1, low_open=True), "in (0, 1]"),
-    ("epsilon", _number_in(0, math.inf, low_open=True), "a finite number > 0"),
-    ("epsilon_high", lambda v: v is None or _number_in(0, math.inf, low_open=True)(v), "None or a finite number > 0"),
+    ("num_generations", int_at_least(2), "an integer >= 2 (G, eq. 7)"),
+    ("per_device_train_batch_size", int_at_least(1), "an integer >= 1"),
+    ("gradient_accumulation_steps", int_at_least(1), "an integer >= 1"),
+    ("steps_per_generation", lambda v: v is None or int_at_least(1)(v), "None or an integer >= 1"),
+    ("generation_batch_size", lambda v: v is None or int_at_least(1)(v), "None or an integer >= 1"),
+    ("num_iterations", int_at_least(1), "an integer >= 1"),
+    ("max_completion_length", int_at_least(1), "an integer >= 1 (the thought length)"),
+    ("learning_rate", number_in(0, math.inf), "a finite number >= 0"),
+    ("temperature", number_in(0, math.inf, low_open=True), "a finite number > 0"),
+    ("top_p", number_in(0, 1, low_open=True), "in (0, 1]"),
+    ("epsilon", number_in(0, math.inf, low_open=True), "a finite number > 0"),
+    ("epsilon_high", lambda v: v is None or number_in(0, math.inf, low_open=True)(v), "None or a finite number > 0"),
     # RLP's fields
-    ("ema_decay", _number_in(0, 1, low_open=True, high_open=True), "in (0, 1) (tau of the EMA teacher)"),
-    ("teacher_dtype", _one_of(("float32", "auto")), "'float32' or 'auto'"),
-    ("teacher_device", _one_of(TEACHER_DEVICES), f"one of {TEACHER_DEVICES}"),
-    ("think_token_init", _one_of(THINK_TOKEN_INITS), f"one of {THINK_TOKEN_INITS}"),
-    ("truncated_thoughts", _one_of(TRUNCATED_THOUGHT_MODES), f"one of {TRUNCATED_THOUGHT_MODES}"),
-    ("min_thought_tokens", _int_at_least(1), "an integer >= 1"),
-    ("max_context_tokens", _int_at_least(1), "an integer >= 1"),
-    ("min_context_tokens", _int_at_least(0), "an integer >= 0"),
-    ("positions_per_document", _int_at_least(1), "an integer >= 1"),
-    ("position_strategy", _one_of(POSITION_STRATEGIES), f"one of {POSITION_STRATEGIES}"),
-    ("reward_horizon", _int_at_least(1), "an integer >= 1"),
-    ("reward_discount", _number_in(0, 1, low_open=True), "in (0, 1]"),
-    ("reward_type", _one_of(REWARD_TYPES), f"one of {REWARD_TYPES}"),
-    ("no_think_baseline", _one_of(NO_THINK_BASELINES), f"one of {NO_THINK_BASELINES}"),
-    ("reader_nll_coef", _number_in(0, math.inf), "a finite number >= 0"),
-    ("nothink_nll_coef", _number_in(0, math.inf), "a finite number >= 0"),
-    ("think_marker_lr_multiplier", _number_in(0, math.inf, low_open=True), "a finite number > 0"),
-    ("max_document_chars", _int_at_least(0), "an integer >= 0 (0 disables the cap)"),
+    ("ema_decay", number_in(0, 1, low_open=True, high_open=True), "in (0, 1) (tau of the EMA teacher)"),
+    ("teacher_dtype", one_of(("float32", "auto")), "'float32' or 'auto'"),
+    ("teacher_device", one_of(TEACHER_DEVICES), f"one of {TEACHER_DEVICES}"),
+    ("think_token_init", one_of(THINK_TOKEN_INITS), f"one of {THINK_TOKEN_INITS}"),
+    ("truncated_thoughts", one_of(TRUNCATED_THOUGHT_MODES), f"one of {TRUNCATED_THOUGHT_MODES}"),
+    ("min_thought_tokens", int_at_least(1), "an integer >= 1"),
+    ("max_context_tokens", int_at_least(1), "an integer >= 1"),
+    ("min_context_tokens", int_at_least(0), "an integer >= 0"),
+    ("positions_per_document", int_at_least(1), "an integer >= 1"),
+    ("position_strategy", one_of(POSITION_STRATEGIES), f"one of {POSITION_STRATEGIES}"),
+    ("reward_horizon", int_at_least(1), "an integer >= 1"),
+    ("reward_discount", number_in(0, 1, low_open=True), "in (0, 1]"),
+    ("reward_type", one_of(REWARD_TYPES), f"one of {REWARD_TYPES}"),
+    ("no_think_baseline", one_of(NO_THINK_BASELINES), f"one of {NO_THINK_BASELINES}"),
+    ("reader_nll_coef", number_in(0, math.inf), "a finite number >= 0"),
+    ("nothink_nll_coef", number_in(0, math.inf), "a finite number >= 0"),
+    ("think_marker_lr_multiplier", number_in(0, math.inf, low_open=True), "a finite number > 0"),
+    ("max_document_chars", int_at_least(0), "an integer >= 0 (0 disables the cap)"),
 ]
 
 
-def _check_fields(cfg) -> None:
-    for name, ok, expected in FIELD_CHECKS:
-        if not ok(getattr(cfg, name)):
-            raise UsageError(f"RLPConfig: {name} must be {expected}, got {getattr(cfg, name)!r}")
+def check_fields(obj, checks, owner: str) -> None:
+    """`checks` as (field, predicate, what it must be): the first field of `obj` that fails is a `UsageError`."""
+    for name, ok, expected in checks:
+        if not ok(getattr(obj, name)):
+            raise UsageError(f"{owner}: {name} must be {expected}, got {getattr(obj, name)!r}")
 
 
 def _check_across_fields(cfg) -> None:
@@ -341,7 +343,7 @@ class RLPConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        _check_fields(self)  # each field once, before GRPOConfig computes with them (FIELD_CHECKS)
+        check_fields(self, FIELD_CHECKS, "RLPConfig")  # each field once, before GRPOConfig computes with them (FIELD_CHECKS)
         if self.bf16 is None and not self.fp16:
             # GRPOConfig turns bf16 on unconditionally, which TrainingArguments rejects on CPU-only machines; use it
             # wherever a bf16-capable accelerator is present, as the paper does, and fp32 elsewhere.

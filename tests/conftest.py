@@ -73,6 +73,16 @@ def loss_with_logps_grad(trainer, batch):
     return loss, store["logps"].grad, store["logps"].detach()
 
 
+def nan_first_reward(real):
+    """`real` (rlp_trl.rewards.information_gain) with the first rollout's reward made NaN: a non-finite group."""
+    def information_gain(s_pred, s_ema, discount=1.0):
+        rewards = real(s_pred, s_ema, discount).clone()
+        rewards[0] = float("nan")
+        return rewards
+
+    return information_gain
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny random Llama + BPE tokenizer (<think>, </think> single tokens), built once per session."""

@@ -7,22 +7,13 @@ import torch
 
 import rlp_trl
 import rlp_trl.trainer as trainer_module
-from conftest import tiny_config
+from conftest import nan_first_reward, tiny_config
 from rlp_trl import RLPTrainer, RunConfig
 from rlp_trl.resilience import COMPLETE_MARKER, RESUME_STATE, guard
 
 
-def _nan_first_reward(real):
-    def information_gain(s_pred, s_ema, discount=1.0):
-        rewards = real(s_pred, s_ema, discount).clone()
-        rewards[0] = float("nan")
-        return rewards
-
-    return information_gain
-
-
 def test_plain_train_keeps_the_algorithm_only(tiny_model_dir, tmp_path, tiny_docs, monkeypatch):
-    monkeypatch.setattr(trainer_module, "information_gain", _nan_first_reward(trainer_module.information_gain))
+    monkeypatch.setattr(trainer_module, "information_gain", nan_first_reward(trainer_module.information_gain))
     trainer = RLPTrainer(tiny_model_dir, args=tiny_config(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
                          train_dataset=tiny_docs)
     trainer.train()

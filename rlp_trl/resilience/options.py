@@ -2,23 +2,19 @@
 
 from dataclasses import dataclass, field
 
-from ..usage import UsageError
+from ..config import check_fields, int_at_least, one_of
 
 NONFINITE_MODES = ("skip", "raise")
 RESUME_MISMATCH_MODES = ("error", "warn")
 
-
-def _int_at_least_one(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-# each field's check, next to nothing else (HfArgumentParser passes a field's metadata to argparse)
-CHECKS = {
-    "on_nonfinite": (lambda v: v in NONFINITE_MODES, f"one of {NONFINITE_MODES}"),
-    "nonfinite_patience": (_int_at_least_one, "an integer >= 1"),
-    "handle_signals": (lambda v: isinstance(v, bool), "true or false"),
-    "resume_mismatch": (lambda v: v in RESUME_MISMATCH_MODES, f"one of {RESUME_MISMATCH_MODES}"),
-}
+# each field's check, once, as RLPConfig's FIELD_CHECKS (not in the field metadata: HfArgumentParser passes that to
+# argparse)
+CHECKS = [
+    ("on_nonfinite", one_of(NONFINITE_MODES), f"one of {NONFINITE_MODES}"),
+    ("nonfinite_patience", int_at_least(1), "an integer >= 1"),
+    ("handle_signals", lambda v: isinstance(v, bool), "true or false"),
+    ("resume_mismatch", one_of(RESUME_MISMATCH_MODES), f"one of {RESUME_MISMATCH_MODES}"),
+]
 
 
 @dataclass
@@ -52,6 +48,4 @@ class RunConfig:
         default="error", metadata={"help": "Resume on other data or overridden optimiser settings: 'error' or 'warn'."})
 
     def __post_init__(self):
-        for name, (ok, expected) in CHECKS.items():
-            if not ok(getattr(self, name)):
-                raise UsageError(f"RunConfig: {name} must be {expected}, got {getattr(self, name)!r}")
+        check_fields(self, CHECKS, "RunConfig")
